@@ -1,0 +1,203 @@
+"""Policy: batched sampling with per-token log-probs, and log-prob scoring of token sequences.
+
+Generation is a plain KV-cached sampling loop rather than `model.generate`, so the numbers it records
+are exactly the ones the trainer recomputes: the behaviour log-prob of a token is
+log softmax(logits / temperature) at that token, over the full vocabulary. Top-p only narrows where
+the sample is drawn from; its truncation is not folded into the recorded log-prob (the trainer's
+ratio uses the same untruncated distribution, so the two stay comparable).
+
+Prompts are left-padded for generation and right-padded for scoring; both pass explicit position ids
+(counting real tokens only) so a token sees the same positions either way.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]      # generated ids, end-of-turn token included when generated
+    logprobs: list[float]     # behaviour log-prob of each generated id
+    text: str                 # decoded text without the end-of-turn token
+    ended_with_eos: bool
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only (padding gets position 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """Log-prob of each token given its prefix: result[:, i] scores input_ids[:, i + 1]. Shape [B, L-1]."""
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
+        use_cache=False,
+    ).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
+def _cache_argument(model) -> str:
+    """The KV-cache keyword of this model's forward: `cache` in transformers >= 5.24, else `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+class Policy:
+    """A causal LM and its tokenizer, used as an agent's policy.
+
+    `stop_strings`: generation for a row also ends once its decoded text contains one of these
+    (default "</action>", which ends a turn as soon as the action is written).
+    """
+
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 64, stop_strings: tuple[str, ...] = ("</action>",),
+                 device: torch.device | str | None = None):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_new_tokens = max_new_tokens
+        self.stop_strings = tuple(stop_strings)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif configured:
+            ids.update(configured)
+        return {i for i in ids if i is not None}
+
+    @property
+    def logprob_temperature(self) -> float:
+        """The temperature the recorded log-probs use (greedy decoding records plain log-probs)."""
+        return self.temperature if self.temperature > 0 else 1.0
+
+    def _sample(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        logprobs = torch.log_softmax(logits / self.logprob_temperature, dim=-1)
+        if self.temperature == 0:
+            tokens = logprobs.argmax(-1)
+        else:
+            probs = logprobs.exp()
+            if self.top_p < 1.0:
+                sorted_probs, order = probs.sort(dim=-1, descending=True)
+                outside = sorted_probs.cumsum(-1) - sorted_probs > self.top_p   # keep the token that crosses p
+                sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], *, generator: torch.Generator | None = None,
+                 envs: list | None = None) -> list[Completion]:
+        """Sample one completion for each prompt (token ids), all in one batch. (`envs` is unused here:
+        it lets a scripted policy such as `ExpertPolicy` stand in for a model.)"""
+        if not prompts:
+            return []
+        ids, mask = pad_left(prompts, self.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = positions_from_mask(mask)
+        batch = len(prompts)
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        logprobs: list[list[float]] = [[] for _ in range(batch)]
+        finished = [False] * batch
+        ended_with_eos = [False] * batch
+        cache_kwarg = _cache_argument(self.model)
+        past = None
+        step_ids, step_positions = ids, positions
+        for _ in range(self.max_new_tokens):
+            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
+                             use_cache=True, **({cache_kwarg: past} if past is not None else {}))
+            past = getattr(out, "cache", None) or out.past_key_values
+            next_tokens, next_logprobs = self._sample(out.logits[:, -1].float(), generator)
+            for row in range(batch):
+                if finished[row]:
+                    continue
+                token = int(next_tokens[row])
+                tokens[row].append(token)
+                logprobs[row].append(float(next_logprobs[row]))
+                if token in self.eos_ids:
+                    finished[row] = ended_with_eos[row] = True
+                elif self.stop_strings and self._hit_stop_string(tokens[row]):
+                    finished[row] = True
+            if all(finished):
+                break
+            step_ids = next_tokens[:, None]
+            step_positions = step_positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+        completions = []
+        for row in range(batch):
+            text_ids = tokens[row][:-1] if ended_with_eos[row] else tokens[row]
+            text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
+            completions.append(Completion(tokens[row], logprobs[row], text, ended_with_eos[row]))
+        return completions
+
+    def _hit_stop_string(self, row_tokens: list[int]) -> bool:
+        tail = self.tokenizer.decode(row_tokens[-8:], skip_special_tokens=False)
+        return any(stop in tail for stop in self.stop_strings)
+
+    @torch.no_grad()
+    def logprobs(self, sequences: list[list[int]], *, batch_size: int = 8) -> list[list[float]]:
+        """Recompute per-token log-probs of whole sequences: entry i of a row scores token i + 1."""
+        result: list[list[float]] = []
+        for start in range(0, len(sequences), batch_size):
+            chunk = sequences[start: start + batch_size]
+            ids, mask = pad_right(chunk, self.pad_id)
+            scores = token_logprobs(self.model, ids.to(self.device), mask.to(self.device), self.logprob_temperature)
+            result.extend(scores[row, : len(seq) - 1].tolist() for row, seq in enumerate(chunk))
+        return result
+
+
+class ExpertPolicy:
+    """Writes the environment's expert action as a model response, `<action>…</action>` and the
+    end-of-turn token, so demonstrations go through the same token bookkeeping as rollouts."""
+
+    def __init__(self, tokenizer, max_new_tokens: int = 64):
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+
+    def generate(self, prompts: list[list[int]], *, generator=None, envs: list | None = None) -> list[Completion]:
+        completions = []
+        for env in envs:
+            action = env.expert_action()
+            if action is None:
+                raise ValueError(f"{type(env).__name__} has no expert action at this state")
+            text = f"<action>{action}</action>"
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            completions.append(Completion(ids, [0.0] * len(ids), text, ended_with_eos=True))
+        return completions

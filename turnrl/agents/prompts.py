@@ -1,0 +1,138 @@
+"""How an episode becomes chat messages and token ids.
+
+Two context modes (DESIGN.md):
+- `full`: one growing conversation, system + first observation, then assistant/user turns. The token
+  sequence grows by appending the generated ids and then the *segment* of chat-template text that
+  follows them (end-of-turn glue, the next user message, the generation prompt), tokenized on its
+  own. The segment is found by rendering the conversation with and without the new message and
+  taking the difference, which is only sound when the template is prefix-preserving; when it is
+  not, `ChatTemplateError` says so (use `window:k`).
+- `window:k`: every step is a fresh two-message prompt holding the task, the last k observations
+  with the actions taken, the current observation and the admissible actions, in the spirit of
+  verl-agent's prompts (only the extracted action is remembered, never the reasoning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from turnrl.agents.actions import FORMAT_HINT
+
+SYSTEM_PROMPT = (
+    "You are an agent acting in a text environment. Each turn, think briefly inside <think> </think>, "
+    "then give exactly one action inside <action> </action>."
+)
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template cannot be extended turn by turn."""
+
+
+def parse_context(context: str) -> int | None:
+    """`"full"` -> None, `"window:k"` -> k. Anything else raises ValueError naming the choices."""
+    if context == "full":
+        return None
+    if context.startswith("window:"):
+        k = context.split(":", 1)[1]
+        if k.isdigit():
+            return int(k)
+    raise ValueError(f"context must be 'full' or 'window:k' with k a non-negative integer, got {context!r}")
+
+
+@dataclass
+class HistoryEntry:
+    observation: str
+    action: str          # the extracted action, or a note that the response had none
+
+
+class PromptBuilder:
+    """Writes the user messages an agent sees. Environments may carry an `instructions` string."""
+
+    def __init__(self, system_prompt: str = SYSTEM_PROMPT, show_admissible: bool = True):
+        self.system_prompt = system_prompt
+        self.show_admissible = show_admissible
+
+    def _admissible(self, env) -> str:
+        actions = env.admissible_actions() if self.show_admissible else None
+        return f"\nAdmissible actions: {', '.join(actions)}" if actions else ""
+
+    def _instructions(self, env) -> str:
+        text = getattr(env, "instructions", "")
+        return f"{text}\n" if text else ""
+
+    def first_message(self, env, observation: str) -> list[dict]:
+        """The opening messages of a `full` conversation."""
+        content = f"{self._instructions(env)}{observation}{self._admissible(env)}\n{FORMAT_HINT}"
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": content}]
+
+    def observation_message(self, env, observation: str) -> dict:
+        """The user message that carries an observation in a `full` conversation."""
+        return {"role": "user", "content": f"{observation}{self._admissible(env)}"}
+
+    def window_messages(self, env, task_observation: str, history: list[HistoryEntry], observation: str,
+                        k: int) -> list[dict]:
+        """The fresh prompt of one `window:k` step."""
+        step = len(history)
+        lines = [f"{self._instructions(env)}Task: {task_observation}"]
+        recent = history[-k:] if k > 0 else []
+        if recent:
+            lines.append(
+                f"Prior to this step you took {step} step(s). "
+                f"The last {len(recent)} observation(s) and the action you took after each:"
+            )
+            first = step - len(recent) + 1
+            for n, entry in enumerate(recent, start=first):
+                lines.append(f"[Observation {n}: {entry.observation!r}, Action {n}: {entry.action!r}]")
+        if step > 0:
+            lines.append(f"You are now at step {step + 1}. Current observation: {observation}")
+        lines.append(f"{self._admissible(env).lstrip()}\n{FORMAT_HINT}".lstrip())
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": "\n".join(lines)}]
+
+
+class ChatTokens:
+    """Token-in/token-out bookkeeping over a tokenizer's chat template."""
+
+    def __init__(self, tokenizer):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ChatTemplateError("the tokenizer has no chat template; turnrl needs one to build prompts")
+        self.tokenizer = tokenizer
+        self.eos_text = tokenizer.eos_token or ""
+
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """Ids of a fresh prompt ending in the generation prompt."""
+        return self.encode(self.render(messages, add_generation_prompt=True))
+
+    def continuation_ids(self, messages: list[dict], response: str, ended_with_eos: bool,
+                         next_message: dict) -> list[int]:
+        """Ids that follow a generated response: the template's end-of-turn glue (less the end-of-turn
+        token if the model generated it), the next user message and the generation prompt.
+
+        `messages` is the conversation before the response; `response` the decoded generated text
+        without its end-of-turn token.
+        """
+        assistant = {"role": "assistant", "content": response}
+        before = self.render(messages, add_generation_prompt=True)
+        with_response = self.render(messages + [assistant], add_generation_prompt=False)
+        with_next = self.render(messages + [assistant, next_message], add_generation_prompt=True)
+        if not with_response.startswith(before + response):
+            raise ChatTemplateError(
+                "the chat template rewrites the assistant's message (it does not render it verbatim after the "
+                "generation prompt), so turns cannot be appended token by token; use context 'window:k'"
+            )
+        if not with_next.startswith(with_response):
+            raise ChatTemplateError(
+                "the chat template is not prefix-preserving: adding a message changes how earlier messages "
+                "render, so turns cannot be appended token by token; use context 'window:k'"
+            )
+        glue = with_response[len(before) + len(response):]
+        if ended_with_eos and self.eos_text and glue.startswith(self.eos_text):
+            glue = glue[len(self.eos_text):]
+        return self.encode(glue + with_next[len(with_response):])

@@ -1,0 +1,180 @@
+"""Batched multi-turn rollouts: every live environment advances one turn per batched generation.
+
+`rollout` drives a model policy; `scripted_rollout` drives the expert or a random policy through the
+same episode records (without tokens), for evaluation and demonstrations.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from turnrl.agents.actions import invalid_response_observation, parse_response
+from turnrl.agents.policy import Policy
+from turnrl.agents.prompts import ChatTokens, HistoryEntry, PromptBuilder, parse_context
+from turnrl.environments import Environment, StepResult, make_env
+from turnrl.episode import Episode, Turn
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Which task an episode plays. The G members of a group share task, seed and group_id."""
+
+    task: Any
+    seed: Any
+    group_id: int
+
+
+def group_specs(tasks: list, group_size: int, seed: int) -> list[EpisodeSpec]:
+    """`group_size` episodes of each task, group ids in task order; every member gets the same seed."""
+    return [EpisodeSpec(task, seed, g) for g, task in enumerate(tasks) for _ in range(group_size)]
+
+
+class _Live:
+    """The state of one episode during a rollout."""
+
+    def __init__(self, env: Environment, episode: Episode, observation: str):
+        self.env = env
+        self.episode = episode
+        self.task_observation = observation
+        self.observation = observation
+        self.messages: list[dict] = []
+        self.history: list[HistoryEntry] = []
+
+
+def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *, env_name: str,
+            context: str = "full", max_turns: int = 10, invalid_penalty: float = 0.1,
+            prompt_builder: PromptBuilder | None = None, generator: torch.Generator | None = None,
+            max_context_tokens: int | None = None) -> list[Episode]:
+    """Play one episode per (environment, spec) pair with one batched generation per turn."""
+    if len(envs) != len(specs):
+        raise ValueError(f"{len(envs)} environments for {len(specs)} episodes")
+    window = parse_context(context)
+    builder = prompt_builder or PromptBuilder()
+    chat = ChatTokens(policy.tokenizer)
+    live = []
+    for env, spec in zip(envs, specs):
+        observation = env.reset(task=spec.task, seed=spec.seed)
+        state = _Live(env, Episode(env_name, spec.task, spec.seed, spec.group_id, context), observation)
+        if window is None:
+            state.messages = builder.first_message(env, observation)
+            state.episode.token_ids = chat.prompt_ids(state.messages)
+        live.append(state)
+    episodes = [state.episode for state in live]
+
+    while live:
+        if window is None:
+            prompts = [s.episode.token_ids for s in live]
+        else:
+            prompts = [
+                chat.prompt_ids(builder.window_messages(s.env, s.task_observation, s.history, s.observation, window))
+                for s in live
+            ]
+        completions = policy.generate(prompts, generator=generator, envs=[s.env for s in live])
+        still_live = []
+        for state, prompt, completion in zip(live, prompts, completions):
+            parsed = parse_response(completion.text)
+            if parsed.valid:
+                result = state.env.step(parsed.action)
+                penalty = 0.0
+            else:
+                result = StepResult(invalid_response_observation(parsed.error), 0.0, False, {"invalid": True})
+                penalty = invalid_penalty
+            turn = Turn(
+                observation=state.observation, response=completion.text, action=parsed.action,
+                completion_ids=completion.token_ids, logprobs=completion.logprobs,
+                reward=float(result.reward), penalty=penalty, done=bool(result.done), info=dict(result.info),
+                next_observation=result.observation,
+            )
+            episode = state.episode
+            episode.turns.append(turn)
+            if window is None:
+                start = len(episode.token_ids)
+                episode.token_ids = episode.token_ids + completion.token_ids
+                turn.span = (start, len(episode.token_ids))
+            else:
+                turn.prompt_ids = prompt
+                state.history.append(HistoryEntry(state.observation, parsed.action or "(no valid action)"))
+            state.observation = result.observation
+
+            if result.done:
+                episode.stop_reason = "done"
+            elif len(episode.turns) >= max_turns:
+                episode.stop_reason = "max_turns"
+            elif window is None:
+                next_message = builder.observation_message(state.env, result.observation)
+                episode.token_ids = episode.token_ids + chat.continuation_ids(
+                    state.messages, completion.text, completion.ended_with_eos, next_message
+                )
+                state.messages = state.messages + [{"role": "assistant", "content": completion.text}, next_message]
+                if max_context_tokens and len(episode.token_ids) + policy.max_new_tokens > max_context_tokens:
+                    episode.stop_reason = "context_full"
+            if not episode.stop_reason:
+                still_live.append(state)
+        live = still_live
+    return episodes
+
+
+def scripted_rollout(envs: list[Environment], specs: list[EpisodeSpec], choose: Callable[[Environment], str | None],
+                     *, env_name: str, max_turns: int = 10) -> list[Episode]:
+    """Play episodes with a scripted policy (`choose(env) -> action`), one environment after another."""
+    episodes = []
+    for env, spec in zip(envs, specs):
+        observation = env.reset(task=spec.task, seed=spec.seed)
+        episode = Episode(env_name, spec.task, spec.seed, spec.group_id, context="scripted")
+        while True:
+            action = choose(env)
+            if action is None:
+                raise ValueError(f"environment {env_name!r} gave no action for this policy (no expert or no "
+                                 "admissible actions at this state)")
+            result = env.step(action)
+            episode.turns.append(Turn(
+                observation=observation, response=action, action=action, completion_ids=[], logprobs=[],
+                reward=float(result.reward), done=bool(result.done), info=dict(result.info),
+                next_observation=result.observation,
+            ))
+            observation = result.observation
+            if result.done:
+                episode.stop_reason = "done"
+            elif len(episode.turns) >= max_turns:
+                episode.stop_reason = "max_turns"
+            if episode.stop_reason:
+                break
+        episodes.append(episode)
+    return episodes
+
+
+def expert_choice(env: Environment) -> str | None:
+    return env.expert_action()
+
+
+def random_choice(seed: int) -> Callable[[Environment], str | None]:
+    """A policy that picks uniformly among the admissible actions (seeded)."""
+    rng = random.Random(seed)
+
+    def choose(env: Environment) -> str | None:
+        actions = env.admissible_actions()
+        if not actions:
+            raise ValueError(f"{type(env).__name__} cannot list admissible actions, which --policy random needs")
+        return rng.choice(actions)
+
+    return choose
+
+
+def evaluate(policy: Policy, env_name: str, tasks: list, *, env_kwargs: dict | None = None, context: str = "full",
+             max_turns: int = 10, seed: int = 0, invalid_penalty: float = 0.0,
+             prompt_builder: PromptBuilder | None = None, batch_size: int = 32) -> list[Episode]:
+    """One episode per task with a model policy, in batches of `batch_size` environments."""
+    specs = [EpisodeSpec(task, seed, g) for g, task in enumerate(tasks)]
+    envs = [make_env(env_name, **(env_kwargs or {})) for _ in range(min(batch_size, len(specs)))]
+    episodes = []
+    for start in range(0, len(specs), batch_size):
+        chunk = specs[start: start + batch_size]
+        episodes += rollout(policy, envs[: len(chunk)], chunk, env_name=env_name, context=context,
+                            max_turns=max_turns, invalid_penalty=invalid_penalty, prompt_builder=prompt_builder)
+    for env in envs:
+        env.close()
+    return episodes

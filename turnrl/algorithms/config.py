@@ -1,0 +1,174 @@
+"""`TrainConfig`: every setting of `turnrl train`, documented field by field.
+
+The YAML file and `--key value` overrides read the same dataclass; the help text of each field is its
+documentation (`turnrl train --help-config` prints it). Unknown keys and invalid values fail before
+any work, naming the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from turnrl.agents.prompts import parse_context
+
+ALGORITHMS = ("grpo",)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    env: str = _f("lights", "registered environment name (see `turnrl envs`)")
+    env_kwargs: dict = _f({}, "keyword arguments for the environment factory")
+    env_module: str | None = _f(None, "a .py file or module imported first (it may call register_env)")
+    model: str = _f("tiny", "hub id, local path, or alias: tiny, smollm2-135m")
+    dtype: str = _f("float32", "model dtype", choices=DTYPES)
+    lora: bool = _f(False, "train a LoRA adapter instead of all weights (reference = adapter off)")
+    lora_rank: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(16, "LoRA alpha")
+    algorithm: str = _f("grpo", "training algorithm", choices=ALGORITHMS)
+    iterations: int = _f(10, "number of rollout/update iterations")
+    tasks_per_iteration: int = _f(4, "distinct tasks rolled out per iteration (across all processes)")
+    group_size: int = _f(4, "rollouts per task; a task's rollouts form one advantage group")
+    split: str = _f("train", "task split to train on")
+    context: str = _f("full", "'full' (one growing conversation) or 'window:k' (last k steps in each prompt)")
+    max_turns: int = _f(6, "maximum agent turns per episode")
+    max_new_tokens: int = _f(32, "maximum generated tokens per turn")
+    temperature: float = _f(1.0, "sampling temperature (log-probs use the same temperature)")
+    top_p: float = _f(1.0, "nucleus sampling threshold")
+    invalid_penalty: float = _f(0.1, "penalty for a response without a parseable action")
+    show_admissible_actions: bool = _f(True, "list the admissible actions in each prompt where the env has them")
+    learning_rate: float = _f(1e-5, "AdamW learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    epochs: int = _f(1, "passes over each iteration's samples")
+    minibatch_size: int = _f(8, "training sequences per optimizer step")
+    micro_batch_size: int = _f(4, "training sequences per forward/backward (gradient accumulation)")
+    clip_eps: float = _f(0.2, "PPO clip range epsilon")
+    kl_coef: float = _f(0.0, "weight of the k3 KL penalty to the reference policy (0 = off)")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    advantage_norm: str = _f("mean_std", "group normalisation: mean_std or mean", choices=("mean_std", "mean"))
+    eval_every: int = _f(0, "evaluate on eval_split every N iterations (0 = only at the end if eval_episodes > 0)")
+    eval_episodes: int = _f(0, "episodes per evaluation (0 = no evaluation)")
+    eval_split: str = _f("test", "task split for evaluation")
+    checkpoint_every: int = _f(5, "write a resumable checkpoint every N iterations (0 = never)")
+    seed: int = _f(0, "seed for task sampling, generation and initialisation")
+    output_dir: str = _f("runs/turnrl", "run folder: config.yaml, metrics.jsonl, curves.png, checkpoints, final/")
+
+    def validate(self) -> TrainConfig:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, choices))}")
+        try:
+            parse_context(self.context)
+        except ValueError as err:
+            raise ConfigError(f"context: {err}") from None
+        positive = ("iterations", "tasks_per_iteration", "group_size", "max_turns", "max_new_tokens", "epochs",
+                    "minibatch_size", "micro_batch_size", "lora_rank")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_episodes", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.minibatch_size % self.micro_batch_size:
+            raise ConfigError(f"minibatch_size ({self.minibatch_size}) must be a multiple of micro_batch_size "
+                              f"({self.micro_batch_size})")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0 for training (sampling); greedy decoding has no log-probs")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.clip_eps < 1:
+            raise ConfigError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
+        if self.kl_coef < 0 or self.learning_rate <= 0:
+            raise ConfigError("kl_coef must be >= 0 and learning_rate > 0")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: says which key and what is allowed."""
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check a value's type against the field (ints may stand for floats; None only where allowed)."""
+    f = _FIELDS[name]
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{name} may not be empty")
+    expected = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}
+    base = kind.split("|")[0].strip()
+    want = expected.get(base)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
+        raise ConfigError(f"{name} must be a {base}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (optional) and apply overrides; validate before returning."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of key: value")
+        values.update(loaded)
+    values.update(overrides or {})
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}. Valid keys: {', '.join(_FIELDS)}")
+    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()}).validate()
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`["--iterations", "3", "--lora", "true"]` -> {"iterations": 3, "lora": True} (values read as YAML)."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"expected --key value, got {arg!r}")
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"--{key} needs a value")
+            raw = args[i + 1]
+            i += 2
+        key = key.replace("-", "_")
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown config key {key!r}. Valid keys: {', '.join(_FIELDS)}")
+        overrides[key] = raw if _FIELDS[key].type in ("str", "str | None") else yaml.safe_load(raw)
+    return overrides
+
+
+def describe_config() -> str:
+    """Every key with its default and help text."""
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        choices = f.metadata.get("choices")
+        extra = f" (one of: {', '.join(choices)})" if choices else ""
+        lines.append(f"{f.name} = {default!r}: {f.metadata['help']}{extra}")
+    return "\n".join(lines)

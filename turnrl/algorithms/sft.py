@@ -1,0 +1,75 @@
+"""Behaviour cloning from expert episodes with TRL's `SFTTrainer`.
+
+Expert episodes are played through the same rollout code as training (the expert writes
+`<action>…</action>` as the model's response), so demonstrations have exactly the prompt format and
+token layout of rollouts in the chosen context mode. The dataset is pre-tokenized: `input_ids` and
+`labels` with -100 everywhere except the agent's tokens, so only agent turns are learned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from turnrl.agents.models import load_model, save_model
+from turnrl.agents.policy import ExpertPolicy
+from turnrl.agents.prompts import PromptBuilder
+from turnrl.agents.rollout import EpisodeSpec, rollout
+from turnrl.environments import make_env
+from turnrl.episode import Episode, episode_samples
+
+
+def expert_demonstrations(tokenizer, env_name: str, tasks: list, *, env_kwargs: dict | None = None,
+                          context: str = "full", max_turns: int = 10, seed: int = 0,
+                          prompt_builder: PromptBuilder | None = None, batch_size: int = 64) -> list[Episode]:
+    """Expert episodes of `tasks` with the token ids a model would have produced."""
+    expert = ExpertPolicy(tokenizer)
+    specs = [EpisodeSpec(task, seed, g) for g, task in enumerate(tasks)]
+    episodes = []
+    for start in range(0, len(specs), batch_size):
+        chunk = specs[start: start + batch_size]
+        envs = [make_env(env_name, **(env_kwargs or {})) for _ in chunk]
+        episodes += rollout(expert, envs, chunk, env_name=env_name, context=context, max_turns=max_turns,
+                            invalid_penalty=0.0, prompt_builder=prompt_builder)
+    return episodes
+
+
+def demonstration_dataset(episodes: list[Episode], *, successful_only: bool = True):
+    """A `datasets.Dataset` of input_ids/labels, agent tokens labelled, everything else -100."""
+    from datasets import Dataset
+
+    rows = {"input_ids": [], "labels": []}
+    for index, episode in enumerate(episodes):
+        if successful_only and not episode.success:
+            continue
+        for sample in episode_samples(episode, [0.0] * len(episode.turns), index):
+            rows["input_ids"].append(sample.token_ids)
+            rows["labels"].append([t if m else -100 for t, m in zip(sample.token_ids, sample.loss_mask)])
+    if not rows["input_ids"]:
+        raise ValueError("no successful expert episodes to learn from")
+    return Dataset.from_dict(rows)
+
+
+def run_sft(*, env: str, model: str, episodes: int, output_dir: str | Path, env_kwargs: dict | None = None,
+            split: str = "train", context: str = "full", max_turns: int = 10, epochs: float = 1.0,
+            learning_rate: float = 1e-4, batch_size: int = 8, lora: bool = False, lora_rank: int = 8,
+            seed: int = 0, show_admissible_actions: bool = True, progress: bool = True) -> Path:
+    """Behaviour-clone `model` on `episodes` expert episodes; the result is saved in `output_dir`."""
+    from trl import SFTConfig, SFTTrainer
+
+    tasks = list(make_env(env, **(env_kwargs or {})).tasks(split))
+    tasks = [tasks[i % len(tasks)] for i in range(episodes)]
+    policy_model, tokenizer = load_model(model, lora=lora, lora_rank=lora_rank, progress=progress)
+    demos = expert_demonstrations(tokenizer, env, tasks, env_kwargs=env_kwargs, context=context, max_turns=max_turns,
+                                  seed=seed, prompt_builder=PromptBuilder(show_admissible=show_admissible_actions))
+    dataset = demonstration_dataset(demos)
+    output_dir = Path(output_dir)
+    args = SFTConfig(
+        output_dir=str(output_dir / "trainer"), num_train_epochs=epochs, learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size, logging_steps=10, save_strategy="no", report_to=[],
+        seed=seed, max_length=None, disable_tqdm=not progress, lr_scheduler_type="constant",
+    )
+    trainer = SFTTrainer(model=policy_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    policy_model.eval()
+    save_model(policy_model, tokenizer, output_dir / "final", model)
+    return output_dir / "final"

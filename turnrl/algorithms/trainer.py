@@ -1,0 +1,352 @@
+"""The policy-gradient loop: roll out -> advantages -> epochs of minibatch updates -> log -> checkpoint.
+
+Read it top to bottom in `train`. GRPO (group-normalised episode returns, `advantages.py`) with the
+token-level PPO clipped objective (`objectives.py`) over agent tokens only, optional k3 KL to the
+reference (the LoRA adapter switched off, or a frozen copy of the starting weights).
+
+Built on accelerate: one CPU process by default, `accelerate launch -m turnrl.cli train ...` for
+several processes. Each process rolls out whole groups (tasks are dealt round-robin), computes
+advantages for its own groups, and accelerate synchronises gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+
+from turnrl.agents.models import load_model, save_model
+from turnrl.agents.policy import Policy, pad_right, token_logprobs
+from turnrl.agents.prompts import PromptBuilder
+from turnrl.agents.rollout import evaluate, group_specs, rollout
+from turnrl.algorithms.advantages import grpo_advantages
+from turnrl.algorithms.config import TrainConfig
+from turnrl.algorithms.objectives import kl_k3, ppo_clip_loss, token_ratio
+from turnrl.environments import load_env_module, make_env
+from turnrl.episode import Episode, Sample, episode_samples, summarize
+
+
+def episode_turn_advantages(config: TrainConfig, episodes: list[Episode]) -> list[list[float]]:
+    """Per-turn advantages for each episode, as selected by `config.algorithm`."""
+    returns = [e.total_reward - e.total_penalty for e in episodes]
+    per_episode = grpo_advantages(returns, [e.group_id for e in episodes], norm=config.advantage_norm)
+    return [[adv] * len(e.turns) for adv, e in zip(per_episode, episodes)]
+
+
+def _batch_tensors(samples: list[Sample], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded tensors, aligned so that position i describes token i + 1 (what log-probs score)."""
+    ids, attention = pad_right([s.token_ids for s in samples], pad_id)
+
+    def per_token(name: str, dtype) -> torch.Tensor:
+        out = torch.zeros(ids.shape, dtype=dtype)
+        for row, sample in enumerate(samples):
+            values = getattr(sample, name)
+            out[row, : len(values)] = torch.tensor(values, dtype=dtype)
+        return out[:, 1:].to(device)
+
+    return {
+        "input_ids": ids.to(device), "attention_mask": attention.to(device),
+        "loss_mask": per_token("loss_mask", torch.float32), "behaviour": per_token("behaviour_logprobs", torch.float32),
+        "advantages": per_token("advantages", torch.float32),
+    }
+
+
+class Trainer:
+    """Holds what the loop needs between iterations; `train()` below is the loop."""
+
+    def __init__(self, config: TrainConfig, *, progress: bool = True):
+        self.config = config
+        self.accelerator = Accelerator()
+        self.progress = progress and self.accelerator.is_main_process
+        torch.manual_seed(config.seed)
+        if config.env_module:
+            load_env_module(config.env_module)
+        # Fail on a bad environment or split before loading any model.
+        probe = make_env(config.env, **config.env_kwargs)
+        self.train_tasks = list(probe.tasks(config.split))
+        if config.eval_episodes:
+            probe.tasks(config.eval_split)
+        probe.close()
+        world = self.accelerator.num_processes
+        self.local_tasks = len(range(self.accelerator.process_index, config.tasks_per_iteration, world))
+        self.envs = [make_env(config.env, **config.env_kwargs)
+                     for _ in range(self.local_tasks * config.group_size)]
+
+        model, self.tokenizer = load_model(config.model, dtype=config.dtype, lora=config.lora,
+                                           lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                                           progress=self.progress)
+        self.reference = None
+        if config.kl_coef > 0 and not config.lora:
+            self.reference = copy.deepcopy(model).requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.reference is not None:
+            self.reference.to(self.accelerator.device)
+        self.policy = Policy(self.accelerator.unwrap_model(self.model), self.tokenizer,
+                             temperature=config.temperature, top_p=config.top_p,
+                             max_new_tokens=config.max_new_tokens, device=self.accelerator.device)
+        self.prompts = PromptBuilder(show_admissible=config.show_admissible_actions)
+        self.run_dir = Path(config.output_dir)
+
+    # -- one iteration's pieces -------------------------------------------------------------------
+
+    def iteration_tasks(self, iteration: int) -> list:
+        """This process's tasks for an iteration: a seeded draw, so a resumed run draws the same."""
+        rng = random.Random(f"{self.config.seed}-{iteration}")
+        count = self.config.tasks_per_iteration
+        drawn = rng.sample(self.train_tasks, count) if count <= len(self.train_tasks) else \
+            [rng.choice(self.train_tasks) for _ in range(count)]
+        return drawn[self.accelerator.process_index:: self.accelerator.num_processes]
+
+    def generator(self, iteration: int) -> torch.Generator:
+        seed = (self.config.seed * 1_000_003 + iteration) * 64 + self.accelerator.process_index
+        return torch.Generator(device=self.accelerator.device).manual_seed(seed)
+
+    def collect(self, iteration: int) -> list[Episode]:
+        self.model.eval()
+        specs = group_specs(self.iteration_tasks(iteration), self.config.group_size, seed=self.config.seed)
+        return rollout(self.policy, self.envs, specs, env_name=self.config.env, context=self.config.context,
+                       max_turns=self.config.max_turns, invalid_penalty=self.config.invalid_penalty,
+                       prompt_builder=self.prompts, generator=self.generator(iteration))
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: dict) -> torch.Tensor:
+        temperature = self.policy.logprob_temperature
+        if self.config.lora:
+            with self.accelerator.unwrap_model(self.model).disable_adapter():
+                return token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], temperature)
+        return token_logprobs(self.reference, batch["input_ids"], batch["attention_mask"], temperature)
+
+    def update(self, samples: list[Sample]) -> dict:
+        """Epochs of minibatch PPO updates; returns the update's statistics."""
+        cfg, acc = self.config, self.accelerator
+        rng = random.Random(f"update-{cfg.seed}-{len(samples)}")
+        stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "ratio_mean": 0.0, "ratio_min": float("inf"),
+                 "ratio_max": 0.0, "logprob_max_abs_diff": 0.0}
+        tokens_seen = 0
+        first_update = True
+        for _ in range(cfg.epochs):
+            order = list(range(len(samples)))
+            rng.shuffle(order)
+            for start in range(0, len(order), cfg.minibatch_size):
+                minibatch = [samples[i] for i in order[start: start + cfg.minibatch_size]]
+                minibatch_tokens = sum(sum(s.loss_mask) for s in minibatch)
+                if minibatch_tokens == 0:
+                    continue
+                micro_batches = [minibatch[i: i + cfg.micro_batch_size]
+                                 for i in range(0, len(minibatch), cfg.micro_batch_size)]
+                for index, micro in enumerate(micro_batches):
+                    batch = _batch_tensors(micro, self.policy.pad_id, acc.device)
+                    mask = batch["loss_mask"]
+                    new = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"],
+                                         self.policy.logprob_temperature)
+                    ratio = token_ratio(new, batch["behaviour"])
+                    loss_tokens, clipped = ppo_clip_loss(ratio, batch["advantages"], cfg.clip_eps)
+                    loss = (loss_tokens * mask).sum() / minibatch_tokens
+                    if cfg.kl_coef > 0:
+                        kl = kl_k3(new, self.reference_logprobs(batch))
+                        loss = loss + cfg.kl_coef * (kl * mask).sum() / minibatch_tokens
+                        stats["kl"] += float((kl.detach() * mask).sum())
+                    if index < len(micro_batches) - 1:
+                        with acc.no_sync(self.model):
+                            acc.backward(loss)
+                    else:
+                        acc.backward(loss)
+                    with torch.no_grad():
+                        on = mask.bool()
+                        if first_update:   # nothing has been updated yet: generation and training must agree
+                            diff = (new - batch["behaviour"]).abs()[on].max()
+                            stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"], float(diff))
+                        stats["loss"] += float(loss) * minibatch_tokens
+                        stats["clip_fraction"] += float(clipped[on].sum())
+                        stats["ratio_mean"] += float(ratio[on].sum())
+                        stats["ratio_min"] = min(stats["ratio_min"], float(ratio[on].min()))
+                        stats["ratio_max"] = max(stats["ratio_max"], float(ratio[on].max()))
+                    tokens_seen += int(mask.sum())
+                if cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                first_update = False
+        for key in ("loss", "clip_fraction", "kl", "ratio_mean"):
+            stats[key] /= max(tokens_seen, 1)
+        if stats["ratio_min"] == float("inf"):
+            stats["ratio_min"] = 0.0
+        stats["train_tokens"] = tokens_seen
+        return stats
+
+    def evaluate(self) -> dict:
+        """Greedy decoding on the first `eval_episodes` tasks of `eval_split`."""
+        cfg = self.config
+        greedy = Policy(self.policy.model, self.tokenizer, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
+                        device=self.accelerator.device)
+        tasks = list(make_env(cfg.env, **cfg.env_kwargs).tasks(cfg.eval_split))[: cfg.eval_episodes]
+        episodes = evaluate(greedy, cfg.env, tasks, env_kwargs=cfg.env_kwargs, context=cfg.context,
+                            max_turns=cfg.max_turns, seed=cfg.seed, prompt_builder=self.prompts)
+        return summarize(episodes)
+
+    # -- run folder -----------------------------------------------------------------------------
+
+    def save_checkpoint(self, iteration: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        folder = self.run_dir / "checkpoints" / f"iter-{iteration:06d}"
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, tmp / "model", self.config.model)
+        torch.save({"iteration": iteration, "optimizer": self.optimizer.state_dict()}, tmp / "trainer_state.pt")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        for old in sorted((self.run_dir / "checkpoints").glob("iter-*"))[:-2]:   # keep the last two
+            if not old.name.endswith(".tmp"):
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self) -> int:
+        """Restore the latest checkpoint; returns the number of iterations already done (0 if none)."""
+        checkpoints = sorted(p for p in (self.run_dir / "checkpoints").glob("iter-*") if not p.name.endswith(".tmp"))
+        if not checkpoints:
+            return 0
+        latest = checkpoints[-1]
+        state = torch.load(latest / "trainer_state.pt", map_location="cpu", weights_only=False)
+        model = self.accelerator.unwrap_model(self.model)
+        _load_weights(model, latest / "model")
+        self.optimizer.load_state_dict(state["optimizer"])
+        return int(state["iteration"])
+
+
+def _load_weights(model, folder: Path) -> None:
+    """Load saved weights (full model or LoRA adapter) into an already-built model in place."""
+    from safetensors.torch import load_file
+
+    if (folder / "adapter_config.json").exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    else:
+        weights = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            weights.update(load_file(str(file)))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        # Tied embeddings are saved once; anything else missing means the checkpoint does not fit.
+        missing = [k for k in missing if "lm_head" not in k]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+
+
+def write_curves(metrics_file: Path, out_file: Path) -> None:
+    """Plot the main training curves from metrics.jsonl into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    keys = ["success_rate", "mean_return", "mean_turns", "invalid_action_rate", "clip_fraction",
+            "logprob_max_abs_diff"]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    x = [row["iteration"] for row in rows]
+    for ax, key in zip(axes.flat, keys):
+        ax.plot(x, [row.get(key, float("nan")) for row in rows], marker="o")
+        ax.set_title(key)
+        ax.set_xlabel("iteration")
+    fig.tight_layout()
+    fig.savefig(out_file)
+    plt.close(fig)
+
+
+def _reduce(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    """Sum per-process values across processes."""
+    if accelerator.num_processes == 1:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], device=accelerator.device)
+    total = accelerator.reduce(tensor, reduction="sum")
+    return dict(zip(keys, total.tolist()))
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) a training run; returns the run folder."""
+    trainer = Trainer(config, progress=progress)
+    acc, run_dir = trainer.accelerator, trainer.run_dir
+    metrics_file = run_dir / "metrics.jsonl"
+    start = trainer.load_checkpoint() if resume else 0
+    if acc.is_main_process:
+        if not resume and (run_dir / "metrics.jsonl").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
+                                  "output_dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if metrics_file.exists():   # drop lines logged after the checkpoint we resume from
+            kept = [line for line in metrics_file.read_text().splitlines()
+                    if line.strip() and json.loads(line)["iteration"] <= start]
+            metrics_file.write_text("".join(line + "\n" for line in kept))
+
+    for iteration in range(start + 1, config.iterations + 1):
+        t0 = time.perf_counter()
+        episodes = trainer.collect(iteration)
+        rollout_seconds = time.perf_counter() - t0
+        advantages = episode_turn_advantages(config, episodes)
+        samples = [s for i, (e, adv) in enumerate(zip(episodes, advantages)) for s in episode_samples(e, adv, i)]
+        t1 = time.perf_counter()
+        stats = trainer.update(samples)
+        update_seconds = time.perf_counter() - t1
+
+        summary = summarize(episodes)
+        generated = sum(len(t.completion_ids) for e in episodes for t in e.turns)
+        zero_groups = sum(1 for adv in advantages if all(a == 0.0 for a in adv))
+        local = {
+            "episodes": summary["episodes"], "successes": summary["success_rate"] * summary["episodes"],
+            "return_sum": summary["mean_return"] * summary["episodes"],
+            "turns": summary["mean_turns"] * summary["episodes"],
+            "invalid_turns": summary["invalid_action_rate"] * summary["mean_turns"] * summary["episodes"],
+            "generated_tokens": generated, "zero_advantage_episodes": zero_groups,
+        }
+        totals = _reduce(acc, local)
+        n = max(totals["episodes"], 1)
+        metrics = {
+            "iteration": iteration,
+            "success_rate": totals["successes"] / n,
+            "mean_return": totals["return_sum"] / n,
+            "mean_turns": totals["turns"] / n,
+            "invalid_action_rate": totals["invalid_turns"] / max(totals["turns"], 1),
+            "zero_advantage_fraction": totals["zero_advantage_episodes"] / n,
+            **{k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()},
+            "rollout_tokens_per_s": totals["generated_tokens"] / max(rollout_seconds, 1e-9),
+            "train_tokens_per_s": stats["train_tokens"] / max(update_seconds, 1e-9),
+            "rollout_seconds": rollout_seconds, "update_seconds": update_seconds,
+        }
+        if config.eval_episodes and config.eval_every and iteration % config.eval_every == 0:
+            metrics.update({f"eval_{k}": v for k, v in trainer.evaluate().items()})
+        if acc.is_main_process:
+            with metrics_file.open("a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            if trainer.progress:
+                print(f"iter {iteration}/{config.iterations}  success {metrics['success_rate']:.2f}  "
+                      f"return {metrics['mean_return']:.2f}  turns {metrics['mean_turns']:.1f}  "
+                      f"invalid {metrics['invalid_action_rate']:.2f}  clip {metrics['clip_fraction']:.3f}  "
+                      f"logprob diff {metrics['logprob_max_abs_diff']:.1e}  "
+                      f"({rollout_seconds:.1f}s rollout, {update_seconds:.1f}s update)", flush=True)
+        if config.checkpoint_every and iteration % config.checkpoint_every == 0 and iteration < config.iterations:
+            trainer.save_checkpoint(iteration)
+
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        save_model(acc.unwrap_model(trainer.model), trainer.tokenizer, run_dir / "final", config.model)
+        write_curves(metrics_file, run_dir / "curves.png")
+        if config.eval_episodes and not config.eval_every:
+            result = trainer.evaluate()
+            (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    return run_dir
+

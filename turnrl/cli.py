@@ -1,0 +1,245 @@
+"""The `turnrl` command line: envs | doctor | train | eval | sft.
+
+Every command that takes `--env` also takes `--env-module FILE_OR_MODULE`, imported first so that a
+user's own file can call `register_env`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Reinforcement learning for LLM agents in multi-turn text environments.")
+console = Console()
+
+EnvModule = typer.Option(None, "--env-module", help="a .py file or module imported first (may call register_env)")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _load_env_module(env_module: Optional[str]) -> None:
+    from turnrl.environments import load_env_module
+
+    if env_module:
+        try:
+            load_env_module(env_module)
+        except (FileNotFoundError, ModuleNotFoundError) as err:
+            _fail(str(err))
+
+
+def _check_env(env: str, split: Optional[str] = None, env_kwargs: Optional[dict] = None):
+    from turnrl.environments import list_envs, make_env
+
+    if env not in list_envs():
+        _fail(f"unknown environment {env!r}; registered: {', '.join(list_envs())} "
+              "(a user environment needs --env-module FILE_OR_MODULE)")
+    instance = make_env(env, **(env_kwargs or {}))
+    if split is not None:
+        try:
+            instance.tasks(split)
+        except ValueError as err:
+            _fail(str(err))
+    return instance
+
+
+def _parse_json(value: Optional[str], name: str) -> dict:
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        _fail(f"{name} must be a JSON object: {err}")
+    if not isinstance(parsed, dict):
+        _fail(f"{name} must be a JSON object")
+    return parsed
+
+
+@app.command()
+def envs(env_module: Optional[str] = EnvModule) -> None:
+    """List the registered environments."""
+    _load_env_module(env_module)
+    from turnrl.environments import list_envs
+
+    for name in list_envs():
+        console.print(name)
+
+
+@app.command()
+def doctor(
+    model: str = typer.Option("tiny", help="hub id, local path, or alias (tiny, smollm2-135m)"),
+    env: str = typer.Option("guess-number", help="environment whose turns are checked"),
+    env_module: Optional[str] = EnvModule,
+    episodes: int = typer.Option(6, help="rollouts per context mode"),
+    max_turns: int = typer.Option(3),
+    max_new_tokens: int = typer.Option(24),
+    temperature: float = typer.Option(1.0),
+    dtype: str = typer.Option("float32"),
+) -> None:
+    """Check a model: chat template prefix preservation and log-prob agreement (exit 1 if > 1e-4 in float32)."""
+    _load_env_module(env_module)
+    _check_env(env)
+    from turnrl.agents.doctor import TOLERANCE, logprob_agreement, template_check
+    from turnrl.agents.models import load_model
+    from turnrl.agents.policy import Policy
+
+    model_obj, tokenizer = load_model(model, dtype=dtype)
+    preserving, detail = template_check(tokenizer, env)
+    console.print(f"chat template prefix-preserving: {'yes' if preserving else 'no'} ({detail})")
+    contexts = ("full", "window:2") if preserving else ("window:2",)
+    policy = Policy(model_obj, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+    diffs = logprob_agreement(policy, env, contexts=contexts, episodes=episodes, max_turns=max_turns)
+    for context, diff in diffs.items():
+        console.print(f"  {context}: {diff:.3e}")
+    worst = max(diffs.values())
+    print(f"logprob max abs diff: {worst:.3e}")
+    if dtype == "float32" and worst > TOLERANCE:
+        console.print(f"[red]FAIL[/red]: generation and recomputed log-probs differ by more than {TOLERANCE:g}")
+        raise typer.Exit(1)
+    if not preserving:
+        console.print("[yellow]the template is not prefix-preserving: use context window:k[/yellow]")
+        raise typer.Exit(1)
+    console.print("[green]OK[/green]")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config; every key has a default"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in output_dir from its last checkpoint"),
+    help_config: bool = typer.Option(False, "--help-config", help="list every config key with its default"),
+) -> None:
+    """Train with a config file and `--key value` overrides (see --help-config)."""
+    from turnrl.algorithms.config import ConfigError, describe_config, load_config, parse_overrides
+
+    if help_config:
+        print(describe_config())
+        return
+    try:
+        cfg = load_config(config, parse_overrides(list(ctx.args)))
+    except (ConfigError, FileNotFoundError) as err:
+        _fail(str(err))
+    _load_env_module(cfg.env_module)
+    _check_env(cfg.env, cfg.split, cfg.env_kwargs)
+    if cfg.eval_episodes:
+        _check_env(cfg.env, cfg.eval_split, cfg.env_kwargs)
+    from turnrl.algorithms.trainer import train as run_training
+
+    try:
+        run_dir = run_training(cfg, resume=resume)
+    except FileExistsError as err:
+        _fail(str(err))
+    console.print(f"run folder: {run_dir}")
+
+
+@app.command("eval")
+def eval_command(
+    env: str = typer.Option(..., help="environment name"),
+    model: Optional[str] = typer.Option(None, help="model to evaluate (hub id, path, alias, or a run's final/)"),
+    policy: Optional[str] = typer.Option(None, help="scripted policy instead of a model: expert or random"),
+    episodes: int = typer.Option(20, help="number of episodes (tasks from the start of the split)"),
+    split: str = typer.Option("test", help="task split"),
+    output: Path = typer.Option(Path("eval.json"), help="summary JSON; trajectories go beside it as .jsonl"),
+    env_module: Optional[str] = EnvModule,
+    env_kwargs: Optional[str] = typer.Option(None, help="JSON object of environment keyword arguments"),
+    context: str = typer.Option("full", help="full or window:k"),
+    max_turns: int = typer.Option(10),
+    max_new_tokens: int = typer.Option(64),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Evaluate a model or a scripted policy; writes a JSON summary and JSONL trajectories."""
+    _load_env_module(env_module)
+    kwargs = _parse_json(env_kwargs, "--env-kwargs")
+    instance = _check_env(env, split, kwargs)
+    if (model is None) == (policy is None):
+        _fail("give exactly one of --model M or --policy expert|random")
+    if policy is not None and policy not in ("expert", "random"):
+        _fail(f"--policy must be one of: expert, random (got {policy!r})")
+    from turnrl.agents.prompts import parse_context
+
+    try:
+        parse_context(context)
+    except ValueError as err:
+        _fail(str(err))
+    from turnrl.agents.rollout import EpisodeSpec, evaluate, expert_choice, random_choice, scripted_rollout
+    from turnrl.episode import summarize
+
+    tasks = list(instance.tasks(split))
+    tasks = [tasks[i % len(tasks)] for i in range(episodes)]
+    if policy is not None:
+        from turnrl.environments import make_env
+
+        specs = [EpisodeSpec(task, seed, g) for g, task in enumerate(tasks)]
+        envs = [make_env(env, **kwargs) for _ in specs]
+        choose = expert_choice if policy == "expert" else random_choice(seed)
+        try:
+            played = scripted_rollout(envs, specs, choose, env_name=env, max_turns=max_turns)
+        except ValueError as err:
+            _fail(str(err))
+    else:
+        from turnrl.agents.models import load_model
+        from turnrl.agents.policy import Policy
+
+        model_obj, tokenizer = load_model(model)
+        agent = Policy(model_obj, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+        played = evaluate(agent, env, tasks, env_kwargs=kwargs, context=context, max_turns=max_turns, seed=seed)
+    summary = {"env": env, "split": split, "model": model, "policy": policy or "model", **summarize(played)}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(summary, indent=2))
+    trajectories = output.with_suffix(".jsonl")
+    with trajectories.open("w") as fh:
+        for episode in played:
+            fh.write(json.dumps(episode.to_json(), default=str) + "\n")
+    print(json.dumps(summary, indent=2))
+    console.print(f"trajectories: {trajectories}")
+
+
+@app.command()
+def sft(
+    env: str = typer.Option(..., help="environment name"),
+    model: str = typer.Option("tiny", help="model to fine-tune"),
+    episodes: int = typer.Option(200, help="expert episodes to learn from"),
+    output_dir: Path = typer.Option(Path("runs/sft"), help="the trained model goes to OUTPUT_DIR/final"),
+    env_module: Optional[str] = EnvModule,
+    env_kwargs: Optional[str] = typer.Option(None, help="JSON object of environment keyword arguments"),
+    split: str = typer.Option("train"),
+    context: str = typer.Option("full", help="full or window:k (match the training run)"),
+    max_turns: int = typer.Option(10),
+    epochs: float = typer.Option(1.0),
+    learning_rate: float = typer.Option(1e-4),
+    batch_size: int = typer.Option(8),
+    lora: bool = typer.Option(False),
+    seed: int = typer.Option(0),
+) -> None:
+    """Behaviour cloning on expert episodes (TRL SFTTrainer, agent turns only)."""
+    _load_env_module(env_module)
+    kwargs = _parse_json(env_kwargs, "--env-kwargs")
+    _check_env(env, split, kwargs)
+    from turnrl.agents.prompts import parse_context
+    from turnrl.algorithms.sft import run_sft
+
+    try:
+        parse_context(context)
+    except ValueError as err:
+        _fail(str(err))
+    final = run_sft(env=env, model=model, episodes=episodes, output_dir=output_dir, env_kwargs=kwargs, split=split,
+                    context=context, max_turns=max_turns, epochs=epochs, learning_rate=learning_rate,
+                    batch_size=batch_size, lora=lora, seed=seed)
+    console.print(f"model saved to {final}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The environment contract: one episode at a time, text in, text out.
+
+A subclass implements `reset`, `step` and `tasks`; everything else has a default. The defaults for
+`snapshot`/`restore` replay the episode (reset with the same task and seed, then the same actions),
+so any deterministic environment supports tree search without extra code. To make that possible the
+base class records, around every subclass's `reset` and `step`, the task, seed, actions taken and the
+last observation. A subclass with cheaper state copying overrides `snapshot`/`restore`.
+
+A bad action never raises: it returns an observation that says what was wrong, reward 0 (the rollout
+adds the configured penalty) and `info["invalid"] = True`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class StepResult:
+    """What `Environment.step` returns.
+
+    `info` carries "success" (bool) when the episode is won, "invalid" (bool) for a rejected action,
+    and "score" (float) where the environment has a graded score beside the reward.
+    """
+
+    observation: str
+    reward: float
+    done: bool
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReplaySnapshot:
+    """The default snapshot: enough to rebuild the state by replaying the episode."""
+
+    task: Any
+    seed: Any
+    actions: tuple[str, ...]
+
+
+def _record_reset(reset):
+    @functools.wraps(reset)
+    def wrapper(self, task=None, seed=None):
+        outermost = not getattr(self, "_turnrl_in_call", False)
+        self._turnrl_in_call = True
+        try:
+            observation = reset(self, task=task, seed=seed)
+        finally:
+            if outermost:
+                self._turnrl_in_call = False
+        if outermost:
+            self._turnrl_task, self._turnrl_seed = task, seed
+            self._turnrl_actions = []
+            self._turnrl_last_observation = observation
+        return observation
+
+    wrapper._turnrl_recording = True
+    return wrapper
+
+
+def _record_step(step):
+    @functools.wraps(step)
+    def wrapper(self, action):
+        outermost = not getattr(self, "_turnrl_in_call", False)
+        self._turnrl_in_call = True
+        try:
+            result = step(self, action)
+        finally:
+            if outermost:
+                self._turnrl_in_call = False
+        # A step before any reset has no episode to record (the subclass chose to answer it, not raise).
+        if outermost and hasattr(self, "_turnrl_actions"):
+            self._turnrl_actions.append(action)
+            self._turnrl_last_observation = result.observation
+        return result
+
+    wrapper._turnrl_recording = True
+    return wrapper
+
+
+class Environment:
+    """Base class of every turnrl environment. See DESIGN.md, "The environment contract"."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Wrap the subclass's own reset/step so the replay record is kept without the subclass's help.
+        # Only the outermost call records, so `super().step(...)` chains are counted once.
+        for name, recorder in (("reset", _record_reset), ("step", _record_step)):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_turnrl_recording", False):
+                setattr(cls, name, recorder(method))
+
+    def reset(self, task=None, seed=None) -> str:
+        """Start an episode of `task` (None: the environment picks one) and return the first observation,
+        task text included. The same task and seed always give the same episode."""
+        raise NotImplementedError
+
+    def step(self, action: str) -> StepResult:
+        """Apply one action. Never raises on a bad action."""
+        raise NotImplementedError
+
+    def tasks(self, split: str = "train") -> list:
+        """Task ids of a split ("train", "test", ...). Unknown splits raise ValueError naming the valid ones."""
+        raise NotImplementedError
+
+    def admissible_actions(self) -> list[str] | None:
+        """The actions valid now, or None where the environment cannot list them."""
+        return None
+
+    def expert_action(self) -> str | None:
+        """The expert's next action, or None where there is no expert."""
+        return None
+
+    def snapshot(self) -> Any:
+        """A value from which `restore` rebuilds the current state. Default: the replay record."""
+        self._require_started()
+        return ReplaySnapshot(self._turnrl_task, self._turnrl_seed, tuple(self._turnrl_actions))
+
+    def restore(self, snap: Any) -> str:
+        """Return to a state taken with `snapshot`; returns that state's last observation."""
+        if not isinstance(snap, ReplaySnapshot):
+            raise TypeError(f"restore() expects a snapshot taken by this environment, got {type(snap).__name__}")
+        observation = self.reset(task=snap.task, seed=snap.seed)
+        for action in snap.actions:
+            observation = self.step(action).observation
+        return observation
+
+    def state_key(self) -> str:
+        """A hashable key of the current state. Default: the last observation."""
+        self._require_started()
+        return self._turnrl_last_observation
+
+    def close(self) -> None:
+        """Release resources (processes, files). Default: nothing to release."""
+
+    def _require_started(self) -> None:
+        if not hasattr(self, "_turnrl_actions"):
+            raise RuntimeError(f"{type(self).__name__}: call reset() before snapshot() or state_key()")

@@ -1,0 +1,14 @@
+"""Tiny deterministic environments for tests and learning checks: `guess-number` and `lights`."""
+
+from turnrl.environments.registry import register_env
+from turnrl.environments.toy.guess_number import GuessNumberEnv
+from turnrl.environments.toy.lights import LightsEnv
+
+
+def register_toy_envs() -> None:
+    """Register the toy environments; safe to call more than once."""
+    register_env("guess-number", GuessNumberEnv, overwrite=True)
+    register_env("lights", LightsEnv, overwrite=True)
+
+
+__all__ = ["GuessNumberEnv", "LightsEnv", "register_toy_envs"]
