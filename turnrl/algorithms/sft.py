@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from turnrl.agents.models import load_model, save_model
 from turnrl.agents.policy import ExpertPolicy
 from turnrl.agents.prompts import PromptBuilder
@@ -67,6 +69,7 @@ def run_sft(*, env: str, model: str, episodes: int, output_dir: str | Path, env_
         output_dir=str(output_dir / "trainer"), num_train_epochs=epochs, learning_rate=learning_rate,
         per_device_train_batch_size=batch_size, logging_steps=10, save_strategy="no", report_to=[],
         seed=seed, max_length=None, disable_tqdm=not progress, lr_scheduler_type="constant",
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     )
     trainer = SFTTrainer(model=policy_model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()

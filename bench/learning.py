@@ -1,0 +1,80 @@
+"""Learning check: a `tiny` model on a toy environment, a short behaviour-cloning warm start from the
+expert, then GRPO. Success rate on held-out test tasks (greedy decoding) before and after GRPO.
+
+    python bench/learning.py            # the full benchmark (target: after - before >= 0.3, < 10 minutes)
+    python bench/learning.py --quick    # the shortened version the test suite runs
+
+The last line printed is a JSON object: {"before": ..., "after": ..., "seconds": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short run for CI")
+    parser.add_argument("--env", default="lights")
+    parser.add_argument("--context", default="window:1")
+    parser.add_argument("--sft-episodes", type=int, default=48)
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default=None, help="keep the runs here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.iterations, args.eval_episodes = 8, 40
+
+    from turnrl.agents.models import load_model
+    from turnrl.agents.policy import Policy
+    from turnrl.agents.prompts import PromptBuilder
+    from turnrl.agents.rollout import evaluate
+    from turnrl.algorithms.config import load_config
+    from turnrl.algorithms.sft import run_sft
+    from turnrl.algorithms.trainer import train
+    from turnrl.environments import make_env
+    from turnrl.episode import summarize
+
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    workdir = Path(args.output_dir or tempfile.mkdtemp(prefix="turnrl-learning-"))
+    max_turns = 6
+
+    def success(model_path: str) -> float:
+        model, tokenizer = load_model(model_path, progress=False)
+        greedy = Policy(model, tokenizer, temperature=0.0, max_new_tokens=16)
+        tasks = make_env(args.env).tasks("test")[: args.eval_episodes]
+        episodes = evaluate(greedy, args.env, tasks, context=args.context, max_turns=max_turns, seed=args.seed,
+                            prompt_builder=PromptBuilder())
+        return summarize(episodes)["success_rate"]
+
+    warm = run_sft(env=args.env, model="tiny", episodes=args.sft_episodes, output_dir=workdir / "sft",
+                   context=args.context, max_turns=max_turns, epochs=1, learning_rate=3e-3, batch_size=8,
+                   seed=args.seed, progress=False)
+    before = success(str(warm))
+
+    config = load_config(overrides={
+        "env": args.env, "model": str(warm), "context": args.context, "iterations": args.iterations,
+        "tasks_per_iteration": 8, "group_size": 8, "max_turns": max_turns, "max_new_tokens": 16,
+        "learning_rate": 1e-3, "minibatch_size": 64, "micro_batch_size": 64, "epochs": 1,
+        "checkpoint_every": 0, "seed": args.seed, "output_dir": str(workdir / "grpo"),
+    })
+    run_dir = train(config, progress=True)
+    after = success(str(run_dir / "final"))
+    result = {"before": round(before, 4), "after": round(after, 4),
+              "seconds": round(time.perf_counter() - start, 1), "env": args.env,
+              "iterations": args.iterations, "eval_episodes": args.eval_episodes}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
