@@ -170,7 +170,7 @@ def test_episode_samples_full_context():
     assert sample.turn_index == [-1, -1, -1, 0, 0, -1, -1, 1, 1, 1]
     assert sample.behaviour_logprobs == [0, 0, 0, -0.1, -0.2, 0, 0, -0.3, -0.4, -0.5]
     assert sample.advantages == [0, 0, 0, 2.0, 2.0, 0, 0, -1.0, -1.0, -1.0]
-    assert sample.episode_index == 4
+    assert sample.episode_index == 4 and sample.episode_agent_tokens == 5
 
 
 def test_episode_samples_window_context():
@@ -187,6 +187,7 @@ def test_episode_samples_window_context():
     assert second.turn_index == [-1] * 5 + [1]
     assert second.behaviour_logprobs == [0.0] * 5 + [-0.3]
     assert first.episode_index == second.episode_index == 1
+    assert first.episode_agent_tokens == second.episode_agent_tokens == 3   # the whole episode's
 
 
 def test_episode_samples_advantage_count_must_match():

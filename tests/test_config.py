@@ -93,6 +93,7 @@ def test_unknown_key_names_the_valid_keys(tmp_path):
         ("algorithm", "ppo", ALGORITHMS),
         ("dtype", "float64", DTYPES),
         ("advantage_norm", "std", ("mean_std", "mean")),
+        ("loss_aggregation", "sum", ("episode", "token")),
     ],
 )
 def test_bad_choice_names_the_choices(key, value, choices):
@@ -119,9 +120,9 @@ def test_good_contexts(context):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("iterations", "three", "iterations must be a int"),
-        ("iterations", 2.5, "iterations must be a int"),
-        ("iterations", True, "iterations must be a int"),     # a bool is not an int here
+        ("iterations", "three", "iterations must be an? int"),
+        ("iterations", 2.5, "iterations must be an? int"),
+        ("iterations", True, "iterations must be an? int"),     # a bool is not an int here
         ("lora", "yes please", "lora must be a bool"),
         ("env_kwargs", [1, 2], "env_kwargs must be a dict"),
         ("temperature", "hot", "temperature must be a float"),

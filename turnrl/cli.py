@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reinforcement learning for LLM agents in multi-turn text environments.")
@@ -22,7 +23,7 @@ EnvModule = typer.Option(None, "--env-module", help="a .py file or module import
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(2)
 
 
@@ -70,7 +71,7 @@ def envs(env_module: Optional[str] = EnvModule) -> None:
     from turnrl.environments import list_envs
 
     for name in list_envs():
-        console.print(name)
+        console.print(escape(name))
 
 
 @app.command()
@@ -137,7 +138,7 @@ def train(
         run_dir = run_training(cfg, resume=resume)
     except FileExistsError as err:
         _fail(str(err))
-    console.print(f"run folder: {run_dir}")
+    console.print(f"run folder: {escape(str(run_dir))}")
 
 
 @app.command("eval")
@@ -200,7 +201,7 @@ def eval_command(
         for episode in played:
             fh.write(json.dumps(episode.to_json(), default=str) + "\n")
     print(json.dumps(summary, indent=2))
-    console.print(f"trajectories: {trajectories}")
+    console.print(f"trajectories: {escape(str(trajectories))}")
 
 
 @app.command()
@@ -234,7 +235,7 @@ def sft(
     final = run_sft(env=env, model=model, episodes=episodes, output_dir=output_dir, env_kwargs=kwargs, split=split,
                     context=context, max_turns=max_turns, epochs=epochs, learning_rate=learning_rate,
                     batch_size=batch_size, lora=lora, seed=seed)
-    console.print(f"model saved to {final}")
+    console.print(f"model saved to {escape(str(final))}")
 
 
 def main() -> None:

@@ -92,12 +92,14 @@ class Sample:
     behaviour_logprobs: list[float]
     advantages: list[float]
     episode_index: int
+    episode_agent_tokens: int       # agent tokens in the whole episode (for per-episode loss weighting)
 
 
 def episode_samples(episode: Episode, turn_advantages: list[float], episode_index: int) -> list[Sample]:
     """Cut an episode into training samples, spreading each turn's advantage over its tokens."""
     if len(turn_advantages) != len(episode.turns):
         raise ValueError(f"{len(turn_advantages)} advantages for {len(episode.turns)} turns")
+    agent_tokens = sum(len(turn.completion_ids) for turn in episode.turns)
     if episode.context == "full":
         n = len(episode.token_ids)
         loss_mask, turn_index = [0] * n, [-1] * n
@@ -106,7 +108,8 @@ def episode_samples(episode: Episode, turn_advantages: list[float], episode_inde
             start, end = turn.span
             for i, lp in zip(range(start, end), turn.logprobs):
                 loss_mask[i], turn_index[i], behaviour[i], advantages[i] = 1, t, lp, adv
-        return [Sample(list(episode.token_ids), loss_mask, turn_index, behaviour, advantages, episode_index)]
+        return [Sample(list(episode.token_ids), loss_mask, turn_index, behaviour, advantages, episode_index,
+                       agent_tokens)]
 
     samples = []
     for t, (turn, adv) in enumerate(zip(episode.turns, turn_advantages)):
@@ -119,6 +122,7 @@ def episode_samples(episode: Episode, turn_advantages: list[float], episode_inde
                 behaviour_logprobs=[0.0] * p + list(turn.logprobs),
                 advantages=[0.0] * p + [adv] * c,
                 episode_index=episode_index,
+                episode_agent_tokens=agent_tokens,
             )
         )
     return samples

@@ -122,15 +122,15 @@ class ChatTokens:
         before = self.render(messages, add_generation_prompt=True)
         with_response = self.render(messages + [assistant], add_generation_prompt=False)
         with_next = self.render(messages + [assistant, next_message], add_generation_prompt=True)
-        if not with_response.startswith(before + response):
-            raise ChatTemplateError(
-                "the chat template rewrites the assistant's message (it does not render it verbatim after the "
-                "generation prompt), so turns cannot be appended token by token; use context 'window:k'"
-            )
         if not with_next.startswith(with_response):
             raise ChatTemplateError(
                 "the chat template is not prefix-preserving: adding a message changes how earlier messages "
                 "render, so turns cannot be appended token by token; use context 'window:k'"
+            )
+        if not with_response.startswith(before + response):
+            raise ChatTemplateError(
+                "the chat template rewrites the assistant's message (it does not render it verbatim after the "
+                "generation prompt), so turns cannot be appended token by token; use context 'window:k'"
             )
         glue = with_response[len(before) + len(response):]
         if ended_with_eos and self.eos_text and glue.startswith(self.eos_text):

@@ -53,6 +53,9 @@ class TrainConfig:
     epochs: int = _f(1, "passes over each iteration's samples")
     minibatch_size: int = _f(8, "training sequences per optimizer step")
     micro_batch_size: int = _f(4, "training sequences per forward/backward (gradient accumulation)")
+    loss_aggregation: str = _f(
+        "episode", "episode: mean over each episode's agent tokens, then over episodes (GRPO's 1/|o| weighting); "
+        "token: mean over all agent tokens of the minibatch (DAPO)", choices=("episode", "token"))
     clip_eps: float = _f(0.2, "PPO clip range epsilon")
     kl_coef: float = _f(0.0, "weight of the k3 KL penalty to the reference policy (0 = off)")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
@@ -125,7 +128,8 @@ def _coerce(name: str, value: Any) -> Any:
         except ValueError:
             pass
     if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
-        raise ConfigError(f"{name} must be a {base}, got {value!r}")
+        article = "an" if base[0] in "aeiou" else "a"
+        raise ConfigError(f"{name} must be {article} {base}, got {value!r}")
     return value
 
 
@@ -157,7 +161,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             key, raw = key.split("=", 1)
             i += 1
         else:
-            if i + 1 >= len(args):
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
                 raise ConfigError(f"--{key} needs a value")
             raw = args[i + 1]
             i += 2

@@ -125,6 +125,12 @@ class Trainer:
                 return token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], temperature)
         return token_logprobs(self.reference, batch["input_ids"], batch["attention_mask"], temperature)
 
+    def token_weight(self, sample: Sample) -> float:
+        """Loss weight of each agent token of a sample: 1 (token mean) or 1 / the episode's agent tokens."""
+        if self.config.loss_aggregation == "token":
+            return 1.0
+        return 1.0 / max(sample.episode_agent_tokens, 1)
+
     def update(self, samples: list[Sample]) -> dict:
         """Epochs of minibatch PPO updates; returns the update's statistics."""
         cfg, acc = self.config, self.accelerator
@@ -138,22 +144,23 @@ class Trainer:
             rng.shuffle(order)
             for start in range(0, len(order), cfg.minibatch_size):
                 minibatch = [samples[i] for i in order[start: start + cfg.minibatch_size]]
-                minibatch_tokens = sum(sum(s.loss_mask) for s in minibatch)
-                if minibatch_tokens == 0:
+                minibatch_weight = sum(self.token_weight(s) * sum(s.loss_mask) for s in minibatch)
+                if minibatch_weight == 0:
                     continue
                 micro_batches = [minibatch[i: i + cfg.micro_batch_size]
                                  for i in range(0, len(minibatch), cfg.micro_batch_size)]
                 for index, micro in enumerate(micro_batches):
                     batch = _batch_tensors(micro, self.policy.pad_id, acc.device)
                     mask = batch["loss_mask"]
+                    weights = mask * torch.tensor([self.token_weight(s) for s in micro], device=acc.device)[:, None]
                     new = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"],
                                          self.policy.logprob_temperature)
                     ratio = token_ratio(new, batch["behaviour"])
                     loss_tokens, clipped = ppo_clip_loss(ratio, batch["advantages"], cfg.clip_eps)
-                    loss = (loss_tokens * mask).sum() / minibatch_tokens
+                    loss = (loss_tokens * weights).sum() / minibatch_weight
                     if cfg.kl_coef > 0:
                         kl = kl_k3(new, self.reference_logprobs(batch))
-                        loss = loss + cfg.kl_coef * (kl * mask).sum() / minibatch_tokens
+                        loss = loss + cfg.kl_coef * (kl * weights).sum() / minibatch_weight
                         stats["kl"] += float((kl.detach() * mask).sum())
                     if index < len(micro_batches) - 1:
                         with acc.no_sync(self.model):
@@ -165,7 +172,7 @@ class Trainer:
                         if first_update:   # nothing has been updated yet: generation and training must agree
                             diff = (new - batch["behaviour"]).abs()[on].max()
                             stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"], float(diff))
-                        stats["loss"] += float(loss) * minibatch_tokens
+                        stats["loss"] += float((loss_tokens * mask).sum())
                         stats["clip_fraction"] += float(clipped[on].sum())
                         stats["ratio_mean"] += float(ratio[on].sum())
                         stats["ratio_min"] = min(stats["ratio_min"], float(ratio[on].min()))
