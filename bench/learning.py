@@ -22,11 +22,18 @@ import torch
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run for CI")
-    parser.add_argument("--env", default="lights")
-    parser.add_argument("--context", default="window:1")
-    parser.add_argument("--sft-episodes", type=int, default=48)
-    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--env", default="traffic")
+    parser.add_argument("--context", default="full")
+    parser.add_argument("--sft-episodes", type=int, default=200)
+    parser.add_argument("--sft-epochs", type=float, default=3)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--tasks-per-iteration", type=int, default=16)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--minibatch-size", type=int, default=32)
     parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--eval-temperature", type=float, default=1.0,
+                        help="success is measured for the policy as trained (sampling at this temperature)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -50,21 +57,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     def success(model_path: str) -> float:
         model, tokenizer = load_model(model_path, progress=False)
-        greedy = Policy(model, tokenizer, temperature=0.0, max_new_tokens=16)
+        policy = Policy(model, tokenizer, temperature=args.eval_temperature, max_new_tokens=16)
         tasks = make_env(args.env).tasks("test")[: args.eval_episodes]
-        episodes = evaluate(greedy, args.env, tasks, context=args.context, max_turns=max_turns, seed=args.seed,
+        episodes = evaluate(policy, args.env, tasks, context=args.context, max_turns=max_turns, seed=args.seed,
                             prompt_builder=PromptBuilder())
         return summarize(episodes)["success_rate"]
 
     warm = run_sft(env=args.env, model="tiny", episodes=args.sft_episodes, output_dir=workdir / "sft",
-                   context=args.context, max_turns=max_turns, epochs=1, learning_rate=3e-3, batch_size=8,
+                   context=args.context, max_turns=max_turns, epochs=args.sft_epochs, learning_rate=3e-3, batch_size=8,
                    seed=args.seed, progress=False)
     before = success(str(warm))
 
     config = load_config(overrides={
         "env": args.env, "model": str(warm), "context": args.context, "iterations": args.iterations,
-        "tasks_per_iteration": 8, "group_size": 8, "max_turns": max_turns, "max_new_tokens": 16,
-        "learning_rate": 1e-3, "minibatch_size": 64, "micro_batch_size": 64, "epochs": 1,
+        "tasks_per_iteration": args.tasks_per_iteration, "group_size": args.group_size, "max_turns": max_turns,
+        "max_new_tokens": 16, "learning_rate": args.learning_rate, "minibatch_size": args.minibatch_size,
+        "micro_batch_size": args.minibatch_size, "epochs": 1,
         "checkpoint_every": 0, "seed": args.seed, "output_dir": str(workdir / "grpo"),
     })
     run_dir = train(config, progress=True)

@@ -166,15 +166,20 @@ def random_choice(seed: int) -> Callable[[Environment], str | None]:
 
 def evaluate(policy: Policy, env_name: str, tasks: list, *, env_kwargs: dict | None = None, context: str = "full",
              max_turns: int = 10, seed: int = 0, invalid_penalty: float = 0.0,
-             prompt_builder: PromptBuilder | None = None, batch_size: int = 32) -> list[Episode]:
-    """One episode per task with a model policy, in batches of `batch_size` environments."""
+             prompt_builder: PromptBuilder | None = None, batch_size: int = 32,
+             generator: torch.Generator | None = None) -> list[Episode]:
+    """One episode per task with a model policy, in batches of `batch_size` environments. Sampling draws
+    from `generator` (default: one seeded with `seed`), so an evaluation is repeatable."""
+    if generator is None:
+        generator = torch.Generator(device=policy.device).manual_seed(seed)
     specs = [EpisodeSpec(task, seed, g) for g, task in enumerate(tasks)]
     envs = [make_env(env_name, **(env_kwargs or {})) for _ in range(min(batch_size, len(specs)))]
     episodes = []
     for start in range(0, len(specs), batch_size):
         chunk = specs[start: start + batch_size]
         episodes += rollout(policy, envs[: len(chunk)], chunk, env_name=env_name, context=context,
-                            max_turns=max_turns, invalid_penalty=invalid_penalty, prompt_builder=prompt_builder)
+                            max_turns=max_turns, invalid_penalty=invalid_penalty, prompt_builder=prompt_builder,
+                            generator=generator)
     for env in envs:
         env.close()
     return episodes

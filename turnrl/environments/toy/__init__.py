@@ -1,14 +1,16 @@
-"""Tiny deterministic environments for tests and learning checks: `guess-number` and `lights`."""
+"""Tiny deterministic environments for tests and learning checks: `guess-number`, `lights`, `traffic`."""
 
 from turnrl.environments.registry import register_env
 from turnrl.environments.toy.guess_number import GuessNumberEnv
 from turnrl.environments.toy.lights import LightsEnv
+from turnrl.environments.toy.traffic import TrafficEnv
 
 
 def register_toy_envs() -> None:
     """Register the toy environments; safe to call more than once."""
     register_env("guess-number", GuessNumberEnv, overwrite=True)
     register_env("lights", LightsEnv, overwrite=True)
+    register_env("traffic", TrafficEnv, overwrite=True)
 
 
-__all__ = ["GuessNumberEnv", "LightsEnv", "register_toy_envs"]
+__all__ = ["GuessNumberEnv", "LightsEnv", "TrafficEnv", "register_toy_envs"]
