@@ -4,7 +4,6 @@ once as `python -m turnrl.cli`), with the `tiny` model and tiny sizes."""
 from __future__ import annotations
 
 import json
-import random
 import re
 import subprocess
 import sys
@@ -19,11 +18,9 @@ from typer.testing import CliRunner
 
 from turnrl.agents import models
 from turnrl.agents.models import load_model, save_model
-from turnrl.agents.policy import pad_right, token_logprobs
 from turnrl.algorithms.sft import expert_demonstrations
 from turnrl.cli import app
 from turnrl.environments import registry
-from turnrl.episode import episode_samples
 
 SMALL = ["--tasks_per_iteration", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "8"]
 METRIC_KEYS = {"success_rate", "mean_return", "mean_turns", "invalid_action_rate", "clip_fraction", "kl",
@@ -109,27 +106,15 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def nudged_model(tmp_path_factory):
+def nudged_model(tmp_path_factory, train_on_turn_ends):
     """A saved copy of `tiny` trained for a few dozen steps on the ends of expert turns, so that it often
     writes a valid action: episodes then differ in return and training has a non-zero gradient."""
     model, tokenizer = load_model("tiny")
     demos = (expert_demonstrations(tokenizer, "lights", list(range(8)), env_kwargs={"n_lamps": 1}, context="window:0")
              + expert_demonstrations(tokenizer, "lights", list(range(8)), context="window:0"))
-    pieces = [(s.token_ids[-40:], s.loss_mask[-40:]) for i, e in enumerate(demos)
-              for s in episode_samples(e, [0.0] * len(e.turns), i)]
-    rng = random.Random(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(40):
-        batch = rng.choices(pieces, k=16)
-        ids, mask = pad_right([p[0] for p in batch], tokenizer.pad_token_id)
-        loss_mask = pad_right([p[1] for p in batch], 0)[0][:, 1:].float()
-        loss = -(token_logprobs(model, ids, mask) * loss_mask).sum() / loss_mask.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_on_turn_ends(model, tokenizer, demos)
     folder = tmp_path_factory.mktemp("nudged") / "model"
-    save_model(model.eval(), tokenizer, folder, "tiny")
+    save_model(model, tokenizer, folder, "tiny")
     return folder
 
 

@@ -12,7 +12,7 @@ import torch
 
 from turnrl.agents.doctor import TOLERANCE, logprob_agreement, template_check
 from turnrl.agents.models import load_model
-from turnrl.agents.policy import ExpertPolicy, Policy, pad_right, token_logprobs
+from turnrl.agents.policy import ExpertPolicy, Policy
 from turnrl.agents.prompts import ChatTemplateError, ChatTokens, HistoryEntry, PromptBuilder, parse_context
 from turnrl.agents.rollout import EpisodeSpec, expert_choice, random_choice, rollout, scripted_rollout
 from turnrl.algorithms.sft import expert_demonstrations
@@ -45,27 +45,14 @@ def tiny(one_thread):
 
 
 @pytest.fixture(scope="module")
-def nudged(tiny):
+def nudged(tiny, train_on_turn_ends):
     """A copy of `tiny` trained for a few dozen steps on the ends of expert turns of one-lamp lights and
     one-number guessing, so that it often writes `<action>…</action>` and some episodes are won early."""
     model, tokenizer = copy.deepcopy(tiny[0]), tiny[1]
     demos = (expert_demonstrations(tokenizer, "lights", list(range(8)), env_kwargs={"n_lamps": 1}, context="window:0")
              + expert_demonstrations(tokenizer, "guess-number", list(range(8)), env_kwargs={"high": 1},
                                      context="window:0"))
-    pieces = [(s.token_ids[-40:], s.loss_mask[-40:]) for i, e in enumerate(demos)
-              for s in episode_samples(e, [0.0] * len(e.turns), i)]
-    rng = random.Random(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(40):
-        batch = rng.choices(pieces, k=16)
-        ids, mask = pad_right([p[0] for p in batch], tokenizer.pad_token_id)
-        loss_mask = pad_right([p[1] for p in batch], 0)[0][:, 1:].float()
-        loss = -(token_logprobs(model, ids, mask) * loss_mask).sum() / loss_mask.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval(), tokenizer
+    return train_on_turn_ends(model, tokenizer, demos), tokenizer
 
 
 def mixed_rollout(policy, context, seed=0, max_turns=3):

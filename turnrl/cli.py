@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -27,7 +26,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _load_env_module(env_module: Optional[str]) -> None:
+def _load_env_module(env_module: str | None) -> None:
     from turnrl.environments import load_env_module
 
     if env_module:
@@ -37,7 +36,7 @@ def _load_env_module(env_module: Optional[str]) -> None:
             _fail(str(err))
 
 
-def _check_env(env: str, split: Optional[str] = None, env_kwargs: Optional[dict] = None):
+def _check_env(env: str, split: str | None = None, env_kwargs: dict | None = None):
     from turnrl.environments import list_envs, make_env
 
     if env not in list_envs():
@@ -52,7 +51,7 @@ def _check_env(env: str, split: Optional[str] = None, env_kwargs: Optional[dict]
     return instance
 
 
-def _parse_json(value: Optional[str], name: str) -> dict:
+def _parse_json(value: str | None, name: str) -> dict:
     if not value:
         return {}
     try:
@@ -65,7 +64,7 @@ def _parse_json(value: Optional[str], name: str) -> dict:
 
 
 @app.command()
-def envs(env_module: Optional[str] = EnvModule) -> None:
+def envs(env_module: str | None = EnvModule) -> None:
     """List the registered environments."""
     _load_env_module(env_module)
     from turnrl.environments import list_envs
@@ -78,7 +77,7 @@ def envs(env_module: Optional[str] = EnvModule) -> None:
 def doctor(
     model: str = typer.Option("tiny", help="hub id, local path, or alias (tiny, smollm2-135m)"),
     env: str = typer.Option("guess-number", help="environment whose turns are checked"),
-    env_module: Optional[str] = EnvModule,
+    env_module: str | None = EnvModule,
     episodes: int = typer.Option(6, help="rollouts per context mode"),
     max_turns: int = typer.Option(3),
     max_new_tokens: int = typer.Option(24),
@@ -114,7 +113,7 @@ def doctor(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config; every key has a default"),
+    config: Path | None = typer.Option(None, "--config", help="YAML config; every key has a default"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in output_dir from its last checkpoint"),
     help_config: bool = typer.Option(False, "--help-config", help="list every config key with its default"),
 ) -> None:
@@ -144,13 +143,13 @@ def train(
 @app.command("eval")
 def eval_command(
     env: str = typer.Option(..., help="environment name"),
-    model: Optional[str] = typer.Option(None, help="model to evaluate (hub id, path, alias, or a run's final/)"),
-    policy: Optional[str] = typer.Option(None, help="scripted policy instead of a model: expert or random"),
+    model: str | None = typer.Option(None, help="model to evaluate (hub id, path, alias, or a run's final/)"),
+    policy: str | None = typer.Option(None, help="scripted policy instead of a model: expert or random"),
     episodes: int = typer.Option(20, help="number of episodes (tasks from the start of the split)"),
     split: str = typer.Option("test", help="task split"),
     output: Path = typer.Option(Path("eval.json"), help="summary JSON; trajectories go beside it as .jsonl"),
-    env_module: Optional[str] = EnvModule,
-    env_kwargs: Optional[str] = typer.Option(None, help="JSON object of environment keyword arguments"),
+    env_module: str | None = EnvModule,
+    env_kwargs: str | None = typer.Option(None, help="JSON object of environment keyword arguments"),
     context: str = typer.Option("full", help="full or window:k"),
     max_turns: int = typer.Option(10),
     max_new_tokens: int = typer.Option(64),
@@ -210,8 +209,8 @@ def sft(
     model: str = typer.Option("tiny", help="model to fine-tune"),
     episodes: int = typer.Option(200, help="expert episodes to learn from"),
     output_dir: Path = typer.Option(Path("runs/sft"), help="the trained model goes to OUTPUT_DIR/final"),
-    env_module: Optional[str] = EnvModule,
-    env_kwargs: Optional[str] = typer.Option(None, help="JSON object of environment keyword arguments"),
+    env_module: str | None = EnvModule,
+    env_kwargs: str | None = typer.Option(None, help="JSON object of environment keyword arguments"),
     split: str = typer.Option("train"),
     context: str = typer.Option("full", help="full or window:k (match the training run)"),
     max_turns: int = typer.Option(10),

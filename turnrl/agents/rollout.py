@@ -7,8 +7,9 @@ same episode records (without tokens), for evaluation and demonstrations.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -131,10 +131,10 @@ class Trainer:
             return 1.0
         return 1.0 / max(sample.episode_agent_tokens, 1)
 
-    def update(self, samples: list[Sample]) -> dict:
+    def update(self, samples: list[Sample], iteration: int) -> dict:
         """Epochs of minibatch PPO updates; returns the update's statistics."""
         cfg, acc = self.config, self.accelerator
-        rng = random.Random(f"update-{cfg.seed}-{len(samples)}")
+        rng = random.Random(f"update-{cfg.seed}-{iteration}")
         stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "ratio_mean": 0.0, "ratio_min": float("inf"),
                  "ratio_max": 0.0, "logprob_max_abs_diff": 0.0}
         tokens_seen = 0
@@ -307,7 +307,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         advantages = episode_turn_advantages(config, episodes)
         samples = [s for i, (e, adv) in enumerate(zip(episodes, advantages)) for s in episode_samples(e, adv, i)]
         t1 = time.perf_counter()
-        stats = trainer.update(samples)
+        stats = trainer.update(samples, iteration)
         update_seconds = time.perf_counter() - t1
 
         summary = summarize(episodes)

@@ -10,14 +10,10 @@ which seeds from a SHA-512 of the string, so it is the same in every process and
 
 from __future__ import annotations
 
-import operator
 import random
-import re
 
 from turnrl.environments.base import Environment, StepResult
-
-# "guess 7", "Guess: 7", "7", "guess 7." -- case and surrounding whitespace do not matter.
-_GUESS = re.compile(r"(?:guess\s*:?\s*)?([+-]?[0-9]+)\.?", re.IGNORECASE)
+from turnrl.environments.toy.common import parse_numbered_action, task_id
 
 
 class GuessNumberEnv(Environment):
@@ -59,7 +55,7 @@ class GuessNumberEnv(Environment):
         return list(splits[split])
 
     def reset(self, task=None, seed=None) -> str:
-        task = _task_id(task)
+        task = task_id(task)
         seed = 0 if seed is None else seed
         self._target = random.Random(f"guess-number-{task}-{seed}").randint(self.low, self.high)
         self._lo, self._hi = self.low, self.high  # the interval still consistent with the feedback
@@ -75,7 +71,7 @@ class GuessNumberEnv(Environment):
         if self._done:
             return StepResult("The episode is over.", 0.0, True, {"success": self._won, "invalid": True})
         self._turn += 1
-        guess = self._parse(action)
+        guess = parse_numbered_action("guess", action, self.low, self.high)
         if guess is None:
             return self._miss(
                 f"Invalid action: reply with `guess N`, N a whole number from {self.low} to {self.high}.",
@@ -119,27 +115,7 @@ class GuessNumberEnv(Environment):
         observation = f"{text} {left} {'guess' if left == 1 else 'guesses'} left."
         return StepResult(observation, 0.0, False, {"success": False, "invalid": invalid})
 
-    def _parse(self, action) -> int | None:
-        """The guessed number, or None for anything that is not a guess inside [low, high]."""
-        if not isinstance(action, str):
-            return None
-        match = _GUESS.fullmatch(action.strip())
-        # Far too many digits is out of range anyway; int() would refuse beyond 4300 digits.
-        if match is None or len(match.group(1)) > 30:
-            return None
-        guess = int(match.group(1))
-        return guess if self.low <= guess <= self.high else None
-
     def _require_reset(self) -> None:
         if self._target is None:
             raise RuntimeError("GuessNumberEnv: call reset() before step() or the other episode methods")
 
-
-def _task_id(task) -> int:
-    """Task ids are integers; None means task 0."""
-    if task is None:
-        return 0
-    try:
-        return operator.index(task)
-    except TypeError:
-        raise ValueError(f"task ids are integers (see tasks('train')), got {task!r}") from None

@@ -11,14 +11,10 @@ in every process and on every machine.
 
 from __future__ import annotations
 
-import operator
 import random
-import re
 
 from turnrl.environments.base import Environment, StepResult
-
-# "toggle 3", "Toggle: 3", "3", "toggle 3." -- case and surrounding whitespace do not matter.
-_TOGGLE = re.compile(r"(?:toggle\s*:?\s*)?([+-]?[0-9]+)\.?", re.IGNORECASE)
+from turnrl.environments.toy.common import parse_numbered_action, task_id
 
 
 class LightsEnv(Environment):
@@ -52,7 +48,7 @@ class LightsEnv(Environment):
         return list(splits[split])
 
     def reset(self, task=None, seed=None) -> str:
-        task = _task_id(task)
+        task = task_id(task)
         seed = 0 if seed is None else seed
         rng = random.Random(f"lights-{task}-{seed}")
         off = set(rng.sample(range(self.n_lamps), rng.randint(1, min(3, self.n_lamps))))
@@ -66,7 +62,7 @@ class LightsEnv(Environment):
         if self._done:
             return StepResult("The episode is over.", 0.0, True, {"success": self._won, "invalid": True})
         self._turn += 1
-        lamp = self._parse(action)
+        lamp = parse_numbered_action("toggle", action, 1, self.n_lamps)
         prefix = ""
         if lamp is None:
             prefix = f"Invalid action (N is a lamp from 1 to {self.n_lamps}). "
@@ -108,27 +104,7 @@ class LightsEnv(Environment):
             + "."
         )
 
-    def _parse(self, action) -> int | None:
-        """The lamp number, or None for anything that is not a toggle of an existing lamp."""
-        if not isinstance(action, str):
-            return None
-        match = _TOGGLE.fullmatch(action.strip())
-        # Far too many digits is out of range anyway; int() would refuse beyond 4300 digits.
-        if match is None or len(match.group(1)) > 30:
-            return None
-        lamp = int(match.group(1))
-        return lamp if 1 <= lamp <= self.n_lamps else None
-
     def _require_reset(self) -> None:
         if self._on is None:
             raise RuntimeError("LightsEnv: call reset() before step() or the other episode methods")
 
-
-def _task_id(task) -> int:
-    """Task ids are integers; None means task 0."""
-    if task is None:
-        return 0
-    try:
-        return operator.index(task)
-    except TypeError:
-        raise ValueError(f"task ids are integers (see tasks('train')), got {task!r}") from None
