@@ -51,7 +51,8 @@ class TrainConfig:
     learning_rate: float = _f(1e-5, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     epochs: int = _f(1, "passes over each iteration's samples")
-    minibatch_size: int = _f(8, "training sequences per optimizer step")
+    minibatch_size: int = _f(8, "at most this many training sequences per optimizer step (an iteration's "
+                                    "samples are split into equal minibatches)")
     micro_batch_size: int = _f(4, "training sequences per forward/backward (gradient accumulation)")
     loss_aggregation: str = _f(
         "episode", "episode: mean over each episode's agent tokens, then over episodes (GRPO's 1/|o| weighting); "

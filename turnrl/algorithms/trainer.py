@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import shutil
 import time
@@ -131,6 +132,18 @@ class Trainer:
             return 1.0
         return 1.0 / max(sample.episode_agent_tokens, 1)
 
+    def minibatch_count(self, local_samples: int) -> int:
+        """Minibatches per epoch: enough for `minibatch_size`, and the same on every process, since each
+        optimizer step synchronises gradients across processes."""
+        count = torch.tensor([math.ceil(local_samples / self.config.minibatch_size)], device=self.accelerator.device)
+        return int(self.accelerator.gather(count).max())
+
+    def zero_backward(self) -> None:
+        """A backward pass that contributes nothing, for a process with no samples in a minibatch."""
+        ids = torch.full((1, 2), self.policy.pad_id, dtype=torch.long, device=self.accelerator.device)
+        loss = token_logprobs(self.model, ids, torch.ones_like(ids)).sum() * 0.0
+        self.accelerator.backward(loss)
+
     def update(self, samples: list[Sample], iteration: int) -> dict:
         """Epochs of minibatch PPO updates; returns the update's statistics."""
         cfg, acc = self.config, self.accelerator
@@ -139,16 +152,17 @@ class Trainer:
                  "ratio_max": 0.0, "logprob_max_abs_diff": 0.0}
         tokens_seen = 0
         first_update = True
+        n_minibatches = self.minibatch_count(len(samples))
         for _ in range(cfg.epochs):
             order = list(range(len(samples)))
             rng.shuffle(order)
-            for start in range(0, len(order), cfg.minibatch_size):
-                minibatch = [samples[i] for i in order[start: start + cfg.minibatch_size]]
+            for k in range(n_minibatches):
+                minibatch = [samples[i] for i in order[k::n_minibatches]]
                 minibatch_weight = sum(self.token_weight(s) * sum(s.loss_mask) for s in minibatch)
-                if minibatch_weight == 0:
-                    continue
+                if minibatch_weight == 0:   # nothing to learn here, but stay in step with the other processes
+                    self.zero_backward()
                 micro_batches = [minibatch[i: i + cfg.micro_batch_size]
-                                 for i in range(0, len(minibatch), cfg.micro_batch_size)]
+                                 for i in range(0, len(minibatch), cfg.micro_batch_size)] if minibatch_weight else []
                 for index, micro in enumerate(micro_batches):
                     batch = _batch_tensors(micro, self.policy.pad_id, acc.device)
                     mask = batch["loss_mask"]
