@@ -22,6 +22,8 @@ from turnrl.algorithms.sft import expert_demonstrations
 from turnrl.cli import app
 from turnrl.environments import registry
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = ["--tasks_per_iteration", "2", "--group_size", "2", "--max_turns", "2", "--max_new_tokens", "8"]
 METRIC_KEYS = {"success_rate", "mean_return", "mean_turns", "invalid_action_rate", "clip_fraction", "kl",
                "ratio_mean", "ratio_min", "ratio_max", "logprob_max_abs_diff", "rollout_tokens_per_s"}
@@ -65,15 +67,6 @@ class CountdownEnv(Environment):
 
 register_env("countdown", CountdownEnv)
 '''
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 2-layer model is several times faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(*args: str, ok: bool = True):

@@ -19,6 +19,8 @@ from turnrl.algorithms.sft import expert_demonstrations
 from turnrl.environments import Environment, StepResult, make_env
 from turnrl.episode import episode_samples
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONTEXTS = ("full", "window:2")
 
 # Lights and guess-number of several sizes in one batch: prompts of different lengths, and (with the
@@ -28,15 +30,6 @@ MIXED_ENVS = [
     ("guess-number", {"high": 2}), ("guess-number", {"low": 1, "high": 40}), ("lights", {"n_lamps": 1}),
     ("guess-number", {"high": 1}),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 2-layer model is several times faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
