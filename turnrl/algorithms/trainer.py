@@ -299,14 +299,14 @@ def _reduce(accelerator: Accelerator, values: dict[str, float]) -> dict[str, flo
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Run (or resume) a training run; returns the run folder."""
+    metrics_file = Path(config.output_dir) / "metrics.jsonl"
+    if not resume and metrics_file.exists():   # checked before any model is loaded
+        raise FileExistsError(f"{config.output_dir} already holds a run; pass --resume to continue it or choose "
+                              "another output_dir")
     trainer = Trainer(config, progress=progress)
     acc, run_dir = trainer.accelerator, trainer.run_dir
-    metrics_file = run_dir / "metrics.jsonl"
     start = trainer.load_checkpoint() if resume else 0
     if acc.is_main_process:
-        if not resume and (run_dir / "metrics.jsonl").exists():
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
-                                  "output_dir")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if metrics_file.exists():   # drop lines logged after the checkpoint we resume from
