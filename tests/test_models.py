@@ -1,5 +1,6 @@
 """Model loading: the `tiny` and `smollm2-135m` aliases, LoRA wrapping, and saving/loading trained policies."""
 
+import json
 import time
 
 import pytest
@@ -158,6 +159,15 @@ def test_adapter_save_and_load_round_trip(tiny_cache, tmp_path):
     trainable = [name for name, p in resumed.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
     assert torch.equal(logits_of(resumed, loaded_tokenizer), expected)
+
+    # Training on from a saved adapter and saving again records the original base, not the first folder.
+    with torch.no_grad():
+        next(p for name, p in resumed.named_parameters() if "lora_B" in name).add_(0.25)
+    continued = logits_of(resumed, loaded_tokenizer)
+    save_model(resumed, loaded_tokenizer, tmp_path / "again", base_name=str(tmp_path / "final"))
+    assert json.loads((tmp_path / "again" / "turnrl_model.json").read_text()) == {"base": "tiny"}
+    reloaded, _ = load_trained(tmp_path / "again", cache_dir=tiny_cache)
+    assert torch.equal(logits_of(reloaded, loaded_tokenizer), continued)
 
 
 def test_full_model_save_and_load_round_trip(tiny_cache, tmp_path):

@@ -120,6 +120,7 @@ def load_trained(
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
     base_model, _ = load_model(base, dtype=dtype, cache_dir=cache_dir)
     model = PeftModel.from_pretrained(base_model, path, is_trainable=trainable)
+    model.turnrl_base = base   # so that saving a further-trained adapter records the real base again
     tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(path))
     return model.eval(), tokenizer
 
@@ -136,7 +137,8 @@ def save_model(
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    (path / "turnrl_model.json").write_text(json.dumps({"base": base_name}) + "\n")
+    base = getattr(model, "turnrl_base", base_name)   # an adapter loaded from a folder keeps its own base
+    (path / "turnrl_model.json").write_text(json.dumps({"base": base}) + "\n")
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
