@@ -190,6 +190,7 @@ class ExpertPolicy:
     def __init__(self, tokenizer, max_new_tokens: int = 64):
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.device = torch.device("cpu")   # where a caller's sampling generator lives; the expert samples nothing
 
     def generate(self, prompts: list[list[int]], *, generator=None, envs: list | None = None) -> list[Completion]:
         completions = []

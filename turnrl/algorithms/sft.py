@@ -15,7 +15,7 @@ import torch
 from turnrl.agents.models import load_model, save_model
 from turnrl.agents.policy import ExpertPolicy
 from turnrl.agents.prompts import PromptBuilder
-from turnrl.agents.rollout import EpisodeSpec, rollout
+from turnrl.agents.rollout import evaluate
 from turnrl.environments import make_env
 from turnrl.episode import Episode, episode_samples
 
@@ -24,15 +24,8 @@ def expert_demonstrations(tokenizer, env_name: str, tasks: list, *, env_kwargs: 
                           context: str = "full", max_turns: int = 10, seed: int = 0,
                           prompt_builder: PromptBuilder | None = None, batch_size: int = 64) -> list[Episode]:
     """Expert episodes of `tasks` with the token ids a model would have produced."""
-    expert = ExpertPolicy(tokenizer)
-    specs = [EpisodeSpec(task, seed, g) for g, task in enumerate(tasks)]
-    episodes = []
-    for start in range(0, len(specs), batch_size):
-        chunk = specs[start: start + batch_size]
-        envs = [make_env(env_name, **(env_kwargs or {})) for _ in chunk]
-        episodes += rollout(expert, envs, chunk, env_name=env_name, context=context, max_turns=max_turns,
-                            invalid_penalty=0.0, prompt_builder=prompt_builder)
-    return episodes
+    return evaluate(ExpertPolicy(tokenizer), env_name, tasks, env_kwargs=env_kwargs, context=context,
+                    max_turns=max_turns, seed=seed, prompt_builder=prompt_builder, batch_size=batch_size)
 
 
 def demonstration_dataset(episodes: list[Episode], *, successful_only: bool = True):

@@ -324,14 +324,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         stats = trainer.update(samples, iteration)
         update_seconds = time.perf_counter() - t1
 
-        summary = summarize(episodes)
-        generated = sum(len(t.completion_ids) for e in episodes for t in e.turns)
+        turns = [t for e in episodes for t in e.turns]
+        generated = sum(len(t.completion_ids) for t in turns)
         zero_groups = sum(1 for adv in advantages if all(a == 0.0 for a in adv))
         local = {
-            "episodes": summary["episodes"], "successes": summary["success_rate"] * summary["episodes"],
-            "return_sum": summary["mean_return"] * summary["episodes"],
-            "turns": summary["mean_turns"] * summary["episodes"],
-            "invalid_turns": summary["invalid_action_rate"] * summary["mean_turns"] * summary["episodes"],
+            "episodes": len(episodes), "successes": sum(e.success for e in episodes),
+            "return_sum": sum(e.total_reward for e in episodes), "turns": len(turns),
+            "invalid_turns": sum(t.invalid for t in turns),
             "generated_tokens": generated, "zero_advantage_episodes": zero_groups,
         }
         totals = _reduce(acc, local)
