@@ -382,3 +382,84 @@ def test_policy_rejects_bad_settings(tiny):
         with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
             Policy(*tiny, top_p=top_p)
     assert Policy(*tiny).generate([]) == []
+
+
+class _Quiz(Environment):
+    """An environment that reads its own tags (`parses_responses`): `<ask>` a question, `<answer>` ends."""
+
+    parses_responses = True
+    stop_strings = ("</ask>", "</answer>")
+    format_hint = "Reply with <ask>question</ask> or <answer>final answer</answer>."
+    tool_schemas = [{"type": "function", "function": {"name": "lookup", "description": "Look a word up.",
+                                                      "parameters": {"type": "object", "properties": {}}}}]
+
+    def tasks(self, split="train"):
+        return [0, 1]
+
+    def reset(self, task=None, seed=None):
+        self.asked, self.responses = False, []
+        return "What is the secret word?"
+
+    def step(self, action):
+        self.responses.append(action)
+        if "<answer>" in action:
+            ok = "<answer>owl</answer>" in action
+            return StepResult("Done.", float(ok), True, {"success": ok, "invalid": False})
+        if "<ask>" in action:
+            self.asked = True
+            return StepResult("The secret word is owl.", 0.0, False, {"success": False, "invalid": False})
+        return StepResult("Use <ask> or <answer>.", 0.0, False, {"success": False, "invalid": True})
+
+    def expert_action(self):
+        return "<answer>owl</answer>" if self.asked else "<ask>the word</ask>"
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_an_env_that_parses_responses_gets_them_whole(tiny, context):
+    policy = Policy(*tiny, max_new_tokens=6, temperature=1.0)
+    envs = [_Quiz(), _Quiz()]
+    episodes = rollout(policy, envs, [EpisodeSpec(0, 0, 0), EpisodeSpec(1, 0, 1)], env_name="quiz",
+                       context=context, max_turns=2, invalid_penalty=0.25, generator=torch.Generator().manual_seed(0))
+    for env, episode in zip(envs, episodes):
+        # Whatever the random model wrote reached the environment verbatim; its flag sets the penalty.
+        assert env.responses == [turn.response for turn in episode.turns] == [turn.action for turn in episode.turns]
+        for turn in episode.turns:
+            assert turn.penalty == (0.25 if turn.info["invalid"] else 0.0)
+
+    expert = ExpertPolicy(tiny[1])
+    [episode] = rollout(expert, [_Quiz()], [EpisodeSpec(0, 0, 0)], env_name="quiz", context=context, max_turns=3)
+    assert [turn.response for turn in episode.turns] == ["<ask>the word</ask>", "<answer>owl</answer>"]
+    assert episode.success and episode.total_penalty == 0.0
+
+
+def test_prompts_use_the_envs_format_and_tools(tiny):
+    tokenizer = tiny[1]
+    chat, builder = ChatTokens(tokenizer), PromptBuilder()
+    env = _Quiz()
+    observation = env.reset(task=0, seed=0)
+    messages = builder.first_message(env, observation)
+    assert _Quiz.format_hint in messages[1]["content"] and "<action>" not in messages[0]["content"]
+    # The tiny ChatML template ignores `tools=`, so the tools are written into the system message.
+    assert not chat.renders_tools
+    text = tokenizer.decode(chat.prompt_ids(messages, tools=env.tool_schemas))
+    assert '"name": "lookup"' in text and text.index("lookup") < text.index(observation)
+    window = builder.window_messages(env, observation, [HistoryEntry(observation, "<ask>x</ask>")], "Next.", 1)
+    assert _Quiz.format_hint in window[1]["content"]
+
+
+def test_a_template_that_renders_tools_gets_them(tiny):
+    tokenizer = copy.deepcopy(tiny[1])
+    tokenizer.chat_template = (
+        "{% if tools %}<tools>{% for t in tools %}{{ t['function']['name'] }};{% endfor %}</tools>{% endif %}"
+        + tokenizer.chat_template
+    )
+    chat = ChatTokens(tokenizer)
+    assert chat.renders_tools
+    text = chat.render([{"role": "user", "content": "hi"}], add_generation_prompt=True, tools=_Quiz.tool_schemas)
+    assert text.startswith("<tools>lookup;</tools>") and "Available tools" not in text
+
+
+def test_policy_stops_at_the_envs_stop_strings(tiny):
+    policy = Policy(*tiny, max_new_tokens=4)
+    assert policy._stop_strings_for(_Quiz()) == ("</ask>", "</answer>")
+    assert policy._stop_strings_for(make_env("lights")) == ("</action>",)

@@ -42,6 +42,11 @@ def parse_response(text: str) -> ParsedResponse:
     return ParsedResponse(action, think, None)
 
 
+def without_think(text: str) -> str:
+    """A response with its `<think>…</think>` reasoning removed (what a window prompt remembers of it)."""
+    return _THINK.sub("", text).strip()
+
+
 def invalid_response_observation(error: str) -> str:
     """The observation the agent gets after a response without an action."""
     return f"Invalid response: {error}. {FORMAT_HINT}"

@@ -125,8 +125,9 @@ class Policy:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], *, generator: torch.Generator | None = None,
                  envs: list | None = None) -> list[Completion]:
-        """Sample one completion for each prompt (token ids), all in one batch. (`envs` is unused here:
-        it lets a scripted policy such as `ExpertPolicy` stand in for a model.)"""
+        """Sample one completion for each prompt (token ids), all in one batch. `envs` (one per prompt,
+        optional) supply per-row `stop_strings`; they also let a scripted policy such as `ExpertPolicy`
+        stand in for a model."""
         if not prompts:
             return []
         ids, mask = pad_left(prompts, self.pad_id)
@@ -137,6 +138,7 @@ class Policy:
         logprobs: list[list[float]] = [[] for _ in range(batch)]
         finished = [False] * batch
         ended_with_eos = [False] * batch
+        stops = [self._stop_strings_for(env) for env in envs] if envs else [self.stop_strings] * batch
         cache_kwarg = _cache_argument(self.model)
         past = None
         step_ids, step_positions = ids, positions
@@ -153,7 +155,7 @@ class Policy:
                 logprobs[row].append(float(next_logprobs[row]))
                 if token in self.eos_ids:
                     finished[row] = ended_with_eos[row] = True
-                elif self.stop_strings and self._hit_stop_string(tokens[row]):
+                elif stops[row] and self._hit_stop_string(tokens[row], stops[row]):
                     finished[row] = True
             if all(finished):
                 break
@@ -167,9 +169,14 @@ class Policy:
             completions.append(Completion(tokens[row], logprobs[row], text, ended_with_eos[row]))
         return completions
 
-    def _hit_stop_string(self, row_tokens: list[int]) -> bool:
+    def _stop_strings_for(self, env) -> tuple[str, ...]:
+        """An environment's own `stop_strings` (e.g. `</search>`, `</answer>`) win over the policy's."""
+        own = getattr(env, "stop_strings", None)
+        return tuple(own) if own is not None else self.stop_strings
+
+    def _hit_stop_string(self, row_tokens: list[int], stop_strings: tuple[str, ...]) -> bool:
         tail = self.tokenizer.decode(row_tokens[-8:], skip_special_tokens=False)
-        return any(stop in tail for stop in self.stop_strings)
+        return any(stop in tail for stop in stop_strings)
 
     @torch.no_grad()
     def logprobs(self, sequences: list[list[int]], *, batch_size: int = 8) -> list[list[float]]:
@@ -184,8 +191,9 @@ class Policy:
 
 
 class ExpertPolicy:
-    """Writes the environment's expert action as a model response, `<action>…</action>` and the
-    end-of-turn token, so demonstrations go through the same token bookkeeping as rollouts."""
+    """Writes the environment's expert action as a model response, `<action>…</action>` (or the expert's
+    whole response, for an environment that `parses_responses`) and the end-of-turn token, so
+    demonstrations go through the same token bookkeeping as rollouts."""
 
     def __init__(self, tokenizer, max_new_tokens: int = 64):
         self.tokenizer = tokenizer
@@ -198,7 +206,7 @@ class ExpertPolicy:
             action = env.expert_action()
             if action is None:
                 raise ValueError(f"{type(env).__name__} has no expert action at this state")
-            text = f"<action>{action}</action>"
+            text = action if getattr(env, "parses_responses", False) else f"<action>{action}</action>"
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
             completions.append(Completion(ids, [0.0] * len(ids), text, ended_with_eos=True))
         return completions

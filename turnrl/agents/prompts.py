@@ -14,13 +14,22 @@ Two context modes (DESIGN.md):
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
+
+from jinja2 import TemplateError
 
 from turnrl.agents.actions import FORMAT_HINT
 
 SYSTEM_PROMPT = (
     "You are an agent acting in a text environment. Each turn, think briefly inside <think> </think>, "
     "then give exactly one action inside <action> </action>."
+)
+# For environments that read their own tags (`parses_responses`): the format is the environment's `format_hint`.
+RESPONSE_SYSTEM_PROMPT = (
+    "You are an agent acting in a text environment. Each turn, think briefly inside <think> </think>, "
+    "then reply in exactly the format the task asks for."
 )
 
 
@@ -48,9 +57,17 @@ class HistoryEntry:
 class PromptBuilder:
     """Writes the user messages an agent sees. Environments may carry an `instructions` string."""
 
-    def __init__(self, system_prompt: str = SYSTEM_PROMPT, show_admissible: bool = True):
-        self.system_prompt = system_prompt
+    def __init__(self, system_prompt: str | None = None, show_admissible: bool = True):
+        self.system_prompt = system_prompt      # None: chosen by the environment's response format
         self.show_admissible = show_admissible
+
+    def _system(self, env) -> dict:
+        default = RESPONSE_SYSTEM_PROMPT if getattr(env, "parses_responses", False) else SYSTEM_PROMPT
+        return {"role": "system", "content": self.system_prompt or default}
+
+    @staticmethod
+    def _format_hint(env) -> str:
+        return getattr(env, "format_hint", None) or FORMAT_HINT
 
     def _admissible(self, env) -> str:
         actions = env.admissible_actions() if self.show_admissible else None
@@ -62,8 +79,8 @@ class PromptBuilder:
 
     def first_message(self, env, observation: str) -> list[dict]:
         """The opening messages of a `full` conversation."""
-        content = f"{self._instructions(env)}{observation}{self._admissible(env)}\n{FORMAT_HINT}"
-        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": content}]
+        content = f"{self._instructions(env)}{observation}{self._admissible(env)}\n{self._format_hint(env)}"
+        return [self._system(env), {"role": "user", "content": content}]
 
     def observation_message(self, env, observation: str) -> dict:
         """The user message that carries an observation in a `full` conversation."""
@@ -85,8 +102,8 @@ class PromptBuilder:
                 lines.append(f"[Observation {n}: {entry.observation!r}, Action {n}: {entry.action!r}]")
         if step > 0:
             lines.append(f"You are now at step {step + 1}. Current observation: {observation}")
-        lines.append(f"{self._admissible(env).lstrip()}\n{FORMAT_HINT}".lstrip())
-        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": "\n".join(lines)}]
+        lines.append(f"{self._admissible(env).lstrip()}\n{self._format_hint(env)}".lstrip())
+        return [self._system(env), {"role": "user", "content": "\n".join(lines)}]
 
 
 class ChatTokens:
@@ -98,20 +115,38 @@ class ChatTokens:
         self.tokenizer = tokenizer
         self.eos_text = tokenizer.eos_token or ""
 
-    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+        """The chat-template text of `messages`. `tools` (OpenAI function schemas) go to the template where
+        it renders them, otherwise into the system message as JSON, one tool per line."""
+        if tools and not self.renders_tools:
+            messages = _tools_in_system_message(messages, tools)
+        kwargs = {"tools": tools} if tools and self.renders_tools else {}
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
         )
+
+    @functools.cached_property
+    def renders_tools(self) -> bool:
+        """Whether the chat template writes the `tools=` it is given into the prompt."""
+        probe = [{"type": "function", "function": {"name": "turnrl_probe_tool", "description": "probe",
+                                                   "parameters": {"type": "object", "properties": {}}}}]
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": "hi"}], tools=probe, tokenize=False, add_generation_prompt=True
+            )
+        except (TemplateError, TypeError, ValueError, KeyError):  # a template that fails on tools: use the prompt
+            return False
+        return "turnrl_probe_tool" in text
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """Ids of a fresh prompt ending in the generation prompt."""
-        return self.encode(self.render(messages, add_generation_prompt=True))
+        return self.encode(self.render(messages, add_generation_prompt=True, tools=tools))
 
     def continuation_ids(self, messages: list[dict], response: str, ended_with_eos: bool,
-                         next_message: dict) -> list[int]:
+                         next_message: dict, tools: list[dict] | None = None) -> list[int]:
         """Ids that follow a generated response: the template's end-of-turn glue (less the end-of-turn
         token if the model generated it), the next user message and the generation prompt.
 
@@ -119,9 +154,9 @@ class ChatTokens:
         without its end-of-turn token.
         """
         assistant = {"role": "assistant", "content": response}
-        before = self.render(messages, add_generation_prompt=True)
-        with_response = self.render(messages + [assistant], add_generation_prompt=False)
-        with_next = self.render(messages + [assistant, next_message], add_generation_prompt=True)
+        before = self.render(messages, add_generation_prompt=True, tools=tools)
+        with_response = self.render(messages + [assistant], add_generation_prompt=False, tools=tools)
+        with_next = self.render(messages + [assistant, next_message], add_generation_prompt=True, tools=tools)
         if not with_next.startswith(with_response):
             raise ChatTemplateError(
                 "the chat template is not prefix-preserving: adding a message changes how earlier messages "
@@ -136,3 +171,12 @@ class ChatTokens:
         if ended_with_eos and self.eos_text and glue.startswith(self.eos_text):
             glue = glue[len(self.eos_text):]
         return self.encode(glue + with_next[len(with_response):])
+
+
+def _tools_in_system_message(messages: list[dict], tools: list[dict]) -> list[dict]:
+    """The conversation with the tool descriptions appended to its system message (or a new one)."""
+    listing = "Available tools:\n" + "\n".join(json.dumps(tool, sort_keys=True) for tool in tools)
+    if messages and messages[0]["role"] == "system":
+        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{listing}"}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": listing}, *messages]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from turnrl.agents.actions import invalid_response_observation, parse_response
+from turnrl.agents.actions import invalid_response_observation, parse_response, without_think
 from turnrl.agents.policy import Policy
 from turnrl.agents.prompts import ChatTokens, HistoryEntry, PromptBuilder, parse_context
 from turnrl.environments import Environment, StepResult, make_env
@@ -62,7 +62,7 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
         state = _Live(env, Episode(env_name, spec.task, spec.seed, spec.group_id, context), observation)
         if window is None:
             state.messages = builder.first_message(env, observation)
-            state.episode.token_ids = chat.prompt_ids(state.messages)
+            state.episode.token_ids = chat.prompt_ids(state.messages, tools=env.tool_schemas)
         live.append(state)
     episodes = [state.episode for state in live]
 
@@ -71,21 +71,31 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
             prompts = [s.episode.token_ids for s in live]
         else:
             prompts = [
-                chat.prompt_ids(builder.window_messages(s.env, s.task_observation, s.history, s.observation, window))
+                chat.prompt_ids(builder.window_messages(s.env, s.task_observation, s.history, s.observation, window),
+                                tools=s.env.tool_schemas)
                 for s in live
             ]
         completions = policy.generate(prompts, generator=generator, envs=[s.env for s in live])
         still_live = []
         for state, prompt, completion in zip(live, prompts, completions):
-            parsed = parse_response(completion.text)
-            if parsed.valid:
-                result = state.env.step(parsed.action)
-                penalty = 0.0
+            if state.env.parses_responses:
+                # The environment reads its own tags; a response it cannot use is its invalid turn.
+                action = completion.text
+                result = state.env.step(action)
+                penalty = invalid_penalty if result.info.get("invalid") else 0.0
+                remembered = without_think(action) or "(empty response)"
             else:
-                result = StepResult(invalid_response_observation(parsed.error), 0.0, False, {"invalid": True})
-                penalty = invalid_penalty
+                parsed = parse_response(completion.text)
+                action = remembered = parsed.action
+                if parsed.valid:
+                    result = state.env.step(parsed.action)
+                    penalty = 0.0
+                else:
+                    result = StepResult(invalid_response_observation(parsed.error), 0.0, False, {"invalid": True})
+                    penalty = invalid_penalty
+                    remembered = "(no valid action)"
             turn = Turn(
-                observation=state.observation, response=completion.text, action=parsed.action,
+                observation=state.observation, response=completion.text, action=action,
                 completion_ids=completion.token_ids, logprobs=completion.logprobs,
                 reward=float(result.reward), penalty=penalty, done=bool(result.done), info=dict(result.info),
                 next_observation=result.observation,
@@ -98,7 +108,7 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
                 turn.span = (start, len(episode.token_ids))
             else:
                 turn.prompt_ids = prompt
-                state.history.append(HistoryEntry(state.observation, parsed.action or "(no valid action)"))
+                state.history.append(HistoryEntry(state.observation, remembered))
             state.observation = result.observation
 
             if result.done:
@@ -108,7 +118,8 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
             elif window is None:
                 next_message = builder.observation_message(state.env, result.observation)
                 episode.token_ids = episode.token_ids + chat.continuation_ids(
-                    state.messages, completion.text, completion.ended_with_eos, next_message
+                    state.messages, completion.text, completion.ended_with_eos, next_message,
+                    tools=state.env.tool_schemas,
                 )
                 state.messages = state.messages + [{"role": "assistant", "content": completion.text}, next_message]
                 if max_context_tokens and len(episode.token_ids) + policy.max_new_tokens > max_context_tokens:

@@ -81,7 +81,28 @@ def _record_step(step):
 
 
 class Environment:
-    """Base class of every turnrl environment. See DESIGN.md, "The environment contract"."""
+    """Base class of every turnrl environment. See DESIGN.md, "The environment contract".
+
+    Optional class attributes shape how an agent is prompted and how its responses reach `step`:
+
+    - `instructions`: guidance shown to the agent before the first observation.
+    - `parses_responses`: False (default) means the agent answers `<think>…</think><action>…</action>`,
+      the rollout extracts the action and hands only that to `step` (a response without an action is an
+      invalid turn that never reaches the environment). True means the environment reads its own tags
+      (`<search>`, `<answer>`, `<tool>`): the rollout hands `step` the whole response, the environment
+      flags a response it cannot use with `info["invalid"]`, and `expert_action()` and
+      `admissible_actions()` return whole responses.
+    - `format_hint`: the reply format the prompt asks for (default: the `<think>`/`<action>` hint).
+    - `stop_strings`: generation of a turn stops once one of these is written (default `</action>`).
+    - `tool_schemas`: tools in the OpenAI function format, handed to the chat template as `tools=` where
+      the template renders tools, otherwise written into the system message.
+    """
+
+    instructions: str = ""
+    parses_responses: bool = False
+    format_hint: str | None = None
+    stop_strings: tuple[str, ...] | None = None
+    tool_schemas: list[dict] | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

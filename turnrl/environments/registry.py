@@ -30,6 +30,17 @@ def register_env(name: str, factory: Callable, *, overwrite: bool = False) -> No
     _FACTORIES[name] = factory
 
 
+def lazy_factory(module: str, name: str) -> Callable:
+    """A factory that imports `module` only when an environment is built, so that registering an
+    environment with heavy or optional dependencies costs nothing until it is used."""
+
+    def factory(**kwargs):
+        return getattr(importlib.import_module(module), name)(**kwargs)
+
+    factory.__qualname__ = f"lazy_factory({module}.{name})"
+    return factory
+
+
 def _load_entry_points() -> None:
     global _entry_points_loaded
     if _entry_points_loaded:
