@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from turnrl.algorithms.advantages import EPS, grpo_advantages
+from turnrl.algorithms.advantages import EPS, gigpo_advantages, grpo_advantages, hgpo_advantages, rloo_advantages
 from turnrl.algorithms.config import TrainConfig
 from turnrl.algorithms.objectives import kl_k3, masked_mean, ppo_clip_loss, token_ratio
 from turnrl.algorithms.trainer import episode_turn_advantages
@@ -224,3 +224,25 @@ def test_episode_properties_and_json():
     assert record["success"] is True and record["score"] == 0.75 and record["total_reward"] == 0.75
     assert len(record["turns"]) == 2 and record["turns"][1]["info"] == {"success": True}
     assert not make_episode([]).success
+
+
+def test_episode_turn_advantages_for_every_estimator():
+    def turn(observation, reward, penalty=0.0):
+        return Turn(observation=observation, response="", action="a", completion_ids=[1], logprobs=[0.0],
+                    reward=reward, penalty=penalty)
+
+    episodes = [
+        make_episode([turn("S", 0.0), turn("X", 1.0)], group_id=0),
+        make_episode([turn("S", 0.0, penalty=0.1), turn("Y", 0.0)], group_id=0),
+        make_episode([turn("S", 1.0)], group_id=0),
+    ]
+    observations = [["S", "X"], ["S", "Y"], ["S"]]
+    rewards, penalties = [[0.0, 1.0], [0.0, 0.0], [1.0]], [[0.0, 0.0], [0.1, 0.0], [0.0]]
+    returns = [1.0, -0.1, 1.0]
+    rloo = episode_turn_advantages(TrainConfig(advantage="rloo"), episodes)
+    assert rloo == [[a] * n for a, n in zip(rloo_advantages(returns, [0, 0, 0]), [2, 2, 1])]
+    gigpo = episode_turn_advantages(TrainConfig(algorithm="gigpo", gamma=0.5, step_advantage_weight=2.0), episodes)
+    assert gigpo == gigpo_advantages(observations, rewards, [0, 0, 0], gamma=0.5, omega=2.0, penalties=penalties)
+    config = TrainConfig(algorithm="hgpo", history_length=1, hgpo_alpha=0.0, hgpo_base_group=True)
+    assert episode_turn_advantages(config, episodes) == hgpo_advantages(
+        observations, rewards, [0, 0, 0], history_length=1, alpha=0.0, base_group=True, penalties=penalties)

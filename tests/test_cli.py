@@ -367,3 +367,22 @@ def test_unknown_env_without_module_names_the_flag(tmp_path, no_model_loading):
     assert "unknown environment 'countdown'" in flat(result.output) and "--env-module" in flat(result.output)
     result = run("eval", "--env", "countdown", "--policy", "expert", "--output", tmp_path / "e.json", ok=False)
     assert "--env-module" in flat(result.output)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["grpo", "gigpo", "hgpo"])
+def test_train_each_preset_on_the_corridor(tmp_path, preset):
+    run_dir = tmp_path / preset
+    run("train", "--env", "corridor", "--model", "tiny", "--algorithm", preset, "--iterations", "1",
+        "--tasks_per_iteration", "2", "--group_size", "3", "--max_turns", "4", "--max_new_tokens", "8",
+        "--output_dir", run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["advantage"] == preset
+    [row] = metrics_of(run_dir)
+    assert METRIC_KEYS <= set(row) and row["logprob_max_abs_diff"] <= 1e-4
+    levels = {"grpo": 0, "gigpo": 1, "hgpo": 3}[preset]    # hgpo: window:2 -> levels 0, 1, 2
+    assert {k for k in row if k.startswith("level")} == {f"level{k}_group_size" for k in range(levels)}
+    shares = [row[f"steps_with_{n}_valid_levels"] for n in range(levels + 1)] if levels else []
+    assert not shares or sum(shares) == pytest.approx(1.0)
+    if levels:
+        assert row["level0_group_size"] >= 3     # the first steps of a group of 3 share their observation

@@ -190,3 +190,57 @@ def test_parse_overrides_errors():
         parse_overrides(["--iteratons", "3"])
     assert "'iteratons'" in str(err.value) and "Valid keys" in str(err.value) and "iterations" in str(err.value)
     assert parse_overrides([]) == {}
+
+
+# ------------------------------------------------------------------------- presets and advantages
+
+
+def test_presets_fill_their_advantage_and_context():
+    grpo, gigpo, hgpo = (load_config(overrides={"algorithm": name}) for name in ("grpo", "gigpo", "hgpo"))
+    assert (grpo.advantage, grpo.context, grpo.history_length, grpo.gamma) == ("grpo", "full", None, None)
+    assert (gigpo.advantage, gigpo.context, gigpo.history_length) == ("gigpo", "window:2", 2)
+    assert (gigpo.gamma, gigpo.step_advantage_weight, gigpo.advantage_norm) == (0.95, 1.0, "mean_std")
+    assert (hgpo.advantage, hgpo.context, hgpo.history_length) == ("hgpo", "window:2", 2)
+    assert (hgpo.hgpo_alpha, hgpo.hgpo_base_group, hgpo.step_advantage_weight) == (1.0, False, None)
+    assert set(ALGORITHMS) == {"grpo", "gigpo", "hgpo"}
+    # a resolved config resolves to itself (what config.yaml of a run holds loads back unchanged)
+    for config in (grpo, gigpo, hgpo):
+        assert load_config(overrides=config.to_dict()) == config
+
+
+def test_history_length_sets_the_window_and_the_depth():
+    config = load_config(overrides={"algorithm": "hgpo", "history_length": 4})
+    assert config.context == "window:4" and config.history_length == 4
+    assert load_config(overrides={"algorithm": "hgpo", "context": "window:3"}).history_length == 3
+    assert load_config(overrides={"algorithm": "hgpo", "context": "full"}).history_length == 2
+    full = load_config(overrides={"algorithm": "hgpo", "context": "full", "history_length": 4})
+    assert (full.context, full.history_length) == ("full", 4)
+    assert load_config(overrides={"advantage": "rloo"}).advantage_norm is None
+    assert load_config(overrides={"history_length": 1}).context == "window:1"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"algorithm": "hgpo", "history_length": 4, "context": "window:2"}, "history_length \\(4\\) sets the window"),
+        ({"history_length": 2, "context": "full"}, "does nothing"),
+        ({"gamma": 0.9}, "gamma applies to advantage gigpo or hgpo only"),
+        ({"algorithm": "gigpo", "hgpo_alpha": 0.5}, "hgpo_alpha applies to advantage hgpo only"),
+        ({"algorithm": "hgpo", "step_advantage_weight": 0.5}, "step_advantage_weight applies to advantage gigpo"),
+        ({"advantage": "rloo", "advantage_norm": "mean"}, "advantage_norm does not apply to advantage rloo"),
+        ({"advantage": "gae"}, "advantage: 'gae' is not one of grpo, rloo, gigpo, hgpo"),
+        ({"algorithm": "ppo"}, "algorithm: 'ppo' is not one of grpo, gigpo, hgpo"),
+        ({"algorithm": "gigpo", "gamma": 1.5}, "gamma must be in"),
+        ({"algorithm": "hgpo", "history_length": -1}, "history_length must be an integer >= 0"),
+    ],
+)
+def test_advantage_settings_that_do_nothing_or_conflict_fail(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_advantage_overrides_the_presets_estimator():
+    config = load_config(overrides={"algorithm": "grpo", "advantage": "rloo"})
+    assert config.advantage == "rloo" and config.context == "full"
+    assert parse_overrides(["--advantage", "hgpo", "--hgpo-base-group", "true"]) == {
+        "advantage": "hgpo", "hgpo_base_group": True}

@@ -16,7 +16,11 @@ import yaml
 
 from turnrl.agents.prompts import parse_context
 
-ALGORITHMS = ("grpo",)
+# Presets: each names the advantage estimator it uses; the rest of the loop is shared (DESIGN.md).
+ALGORITHMS = ("grpo", "gigpo", "hgpo")
+ADVANTAGES = ("grpo", "rloo", "gigpo", "hgpo")
+STEP_ADVANTAGES = ("gigpo", "hgpo")       # step-level estimators: discounted step returns, window memory
+DEFAULT_HISTORY = 2                       # verl-agent's history_length for GiGPO and HGPO
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -36,12 +40,25 @@ class TrainConfig:
     lora: bool = _f(False, "train a LoRA adapter instead of all weights (reference = adapter off)")
     lora_rank: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha")
-    algorithm: str = _f("grpo", "training algorithm", choices=ALGORITHMS)
+    algorithm: str = _f("grpo", "preset: grpo (episode advantages, full context), gigpo or hgpo (step advantages, "
+                                "window:history_length context, as in their papers)", choices=ALGORITHMS)
+    advantage: str | None = _f(None, "advantage estimator (default: the preset's): grpo, rloo (leave-one-out), "
+                                     "gigpo (episode + anchor-state step groups), hgpo (hierarchy of history groups)",
+                               choices=ADVANTAGES)
+    history_length: int | None = _f(None, "K: the window:K prompt memory and HGPO's deepest level (default: k of "
+                                          "context window:k; 2 for hgpo with full context)")
+    gamma: float | None = _f(None, "discount of step returns for gigpo and hgpo (default 0.95)")
+    step_advantage_weight: float | None = _f(None, "omega, weight of GiGPO's step advantage (default 1.0)")
+    hgpo_alpha: float | None = _f(None, "HGPO level weights (k+1)^alpha (default 1.0; 0 = equal weights)")
+    hgpo_base_group: bool | None = _f(None, "HGPO: add GiGPO's episode advantage as a level of weight 1 "
+                                            "(default false)")
     iterations: int = _f(10, "number of rollout/update iterations")
     tasks_per_iteration: int = _f(4, "distinct tasks rolled out per iteration (across all processes)")
     group_size: int = _f(4, "rollouts per task; a task's rollouts form one advantage group")
     split: str = _f("train", "task split to train on")
-    context: str = _f("full", "'full' (one growing conversation) or 'window:k' (last k steps in each prompt)")
+    context: str | None = _f(None, "'full' (one growing conversation) or 'window:k' (last k steps in each prompt); "
+                                   "default: window:history_length if set, else full for grpo/rloo, window:2 for "
+                                   "gigpo/hgpo")
     max_turns: int = _f(6, "maximum agent turns per episode")
     max_new_tokens: int = _f(32, "maximum generated tokens per turn")
     temperature: float = _f(1.0, "sampling temperature (log-probs use the same temperature)")
@@ -60,7 +77,8 @@ class TrainConfig:
     clip_eps: float = _f(0.2, "PPO clip range epsilon")
     kl_coef: float = _f(0.0, "weight of the k3 KL penalty to the reference policy (0 = off)")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
-    advantage_norm: str = _f("mean_std", "group normalisation: mean_std or mean", choices=("mean_std", "mean"))
+    advantage_norm: str | None = _f(None, "group normalisation of grpo/gigpo/hgpo: mean_std (default) or mean",
+                                    choices=("mean_std", "mean"))
     eval_every: int = _f(0, "evaluate on eval_split every N iterations (0 = only at the end if eval_episodes > 0)")
     eval_episodes: int = _f(0, "episodes per evaluation (0 = no evaluation)")
     eval_split: str = _f("test", "task split for evaluation")
@@ -68,16 +86,67 @@ class TrainConfig:
     seed: int = _f(0, "seed for task sampling, generation and initialisation")
     output_dir: str = _f("runs/turnrl", "run folder: config.yaml, metrics.jsonl, curves.png, checkpoints, final/")
 
+    def __post_init__(self):
+        self.resolve()
+
+    def resolve(self) -> TrainConfig:
+        """Fill the settings left empty from the preset and the advantage estimator, and refuse settings
+        that would do nothing in this combination. Idempotent: a resolved config resolves to itself."""
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm: {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        self.advantage = self.advantage or self.algorithm
+        if self.advantage not in ADVANTAGES:
+            raise ConfigError(f"advantage: {self.advantage!r} is not one of {', '.join(ADVANTAGES)}")
+        step_level = self.advantage in STEP_ADVANTAGES
+        only = {"gamma": STEP_ADVANTAGES, "step_advantage_weight": ("gigpo",), "hgpo_alpha": ("hgpo",),
+                "hgpo_base_group": ("hgpo",)}
+        for name, users in only.items():
+            if getattr(self, name) is not None and self.advantage not in users:
+                raise ConfigError(f"{name} applies to advantage {' or '.join(users)} only, not {self.advantage}")
+        if self.advantage_norm is not None and self.advantage == "rloo":
+            raise ConfigError("advantage_norm does not apply to advantage rloo (a leave-one-out baseline, no std)")
+        if self.history_length is not None and (isinstance(self.history_length, bool) or self.history_length < 0):
+            raise ConfigError(f"history_length must be an integer >= 0, got {self.history_length!r}")
+
+        if self.context is None:
+            history = self.history_length if self.history_length is not None else (
+                DEFAULT_HISTORY if step_level else None)
+            self.context = "full" if history is None else f"window:{history}"
+        try:
+            window = parse_context(self.context)
+        except ValueError as err:
+            raise ConfigError(f"context: {err}") from None
+        if window is not None:
+            if self.history_length is not None and self.history_length != window:
+                raise ConfigError(f"history_length ({self.history_length}) sets the window:k memory, but context is "
+                                  f"{self.context}; set one of them, or both to the same k")
+            self.history_length = window
+        elif self.advantage == "hgpo":
+            self.history_length = DEFAULT_HISTORY if self.history_length is None else self.history_length
+        elif self.history_length is not None:
+            raise ConfigError(f"history_length sets the window:k memory and HGPO's depth; with context full and "
+                              f"advantage {self.advantage} it does nothing")
+
+        if step_level and self.gamma is None:
+            self.gamma = 0.95
+        if self.advantage == "gigpo" and self.step_advantage_weight is None:
+            self.step_advantage_weight = 1.0
+        if self.advantage == "hgpo":
+            self.hgpo_alpha = 1.0 if self.hgpo_alpha is None else self.hgpo_alpha
+            self.hgpo_base_group = bool(self.hgpo_base_group)
+        if self.advantage != "rloo" and self.advantage_norm is None:
+            self.advantage_norm = "mean_std"
+        return self
+
     def validate(self) -> TrainConfig:
+        self.resolve()
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
-            if choices and value not in choices:
+            if choices and value is not None and value not in choices:
                 raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, choices))}")
-        try:
-            parse_context(self.context)
-        except ValueError as err:
-            raise ConfigError(f"context: {err}") from None
+        if self.gamma is not None and not 0 <= self.gamma <= 1:
+            raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
         positive = ("iterations", "tasks_per_iteration", "group_size", "max_turns", "max_new_tokens", "epochs",
                     "minibatch_size", "micro_batch_size", "lora_rank")
         for name in positive:

@@ -1,7 +1,7 @@
 """The policy-gradient loop: roll out -> advantages -> epochs of minibatch updates -> log -> checkpoint.
 
-Read it top to bottom in `train`. GRPO (group-normalised episode returns, `advantages.py`) with the
-token-level PPO clipped objective (`objectives.py`) over agent tokens only, optional k3 KL to the
+Read it top to bottom in `train`. Advantages from `advantages.py` (GRPO or RLOO episode advantages,
+GiGPO or HGPO step advantages; `episode_turn_advantages`) with the token-level PPO clipped objective (`objectives.py`) over agent tokens only, optional k3 KL to the
 reference (the LoRA adapter switched off, or a frozen copy of the starting weights).
 
 Built on accelerate: one CPU process by default, `accelerate launch -m turnrl.cli train ...` for
@@ -27,7 +27,13 @@ from turnrl.agents.models import load_model, save_model
 from turnrl.agents.policy import Policy, pad_right, token_logprobs
 from turnrl.agents.prompts import PromptBuilder
 from turnrl.agents.rollout import evaluate, group_specs, rollout
-from turnrl.algorithms.advantages import grpo_advantages
+from turnrl.algorithms.advantages import (
+    gigpo_advantages,
+    grpo_advantages,
+    hgpo_advantages,
+    hgpo_level_stats,
+    rloo_advantages,
+)
 from turnrl.algorithms.config import TrainConfig
 from turnrl.algorithms.objectives import kl_k3, ppo_clip_loss, token_ratio
 from turnrl.environments import load_env_module, make_env
@@ -35,10 +41,64 @@ from turnrl.episode import Episode, Sample, episode_samples, summarize
 
 
 def episode_turn_advantages(config: TrainConfig, episodes: list[Episode]) -> list[list[float]]:
-    """Per-turn advantages for each episode, as selected by `config.algorithm`."""
-    returns = [e.total_reward - e.total_penalty for e in episodes]
-    per_episode = grpo_advantages(returns, [e.group_id for e in episodes], norm=config.advantage_norm)
-    return [[adv] * len(e.turns) for adv, e in zip(per_episode, episodes)]
+    """Per-turn advantages for each episode, as selected by `config.advantage`.
+
+    grpo and rloo give every turn its episode's advantage (return = rewards minus penalties); gigpo and
+    hgpo give each turn its own, from the observations the agent saw (the environment's text), the
+    rewards and the penalties of the turns. In `window:k` mode each turn is one training sample; in
+    `full` mode a turn's advantage applies to that turn's tokens.
+    """
+    groups = [e.group_id for e in episodes]
+    if config.advantage in ("grpo", "rloo"):
+        returns = [e.total_reward - e.total_penalty for e in episodes]
+        per_episode = (grpo_advantages(returns, groups, norm=config.advantage_norm) if config.advantage == "grpo"
+                       else rloo_advantages(returns, groups))
+        return [[adv] * len(e.turns) for adv, e in zip(per_episode, episodes)]
+    observations, rewards, penalties = _turn_lists(episodes)
+    if config.advantage == "gigpo":
+        return gigpo_advantages(observations, rewards, groups, gamma=config.gamma, omega=config.step_advantage_weight,
+                                norm=config.advantage_norm, penalties=penalties)
+    return hgpo_advantages(observations, rewards, groups, history_length=config.history_length, gamma=config.gamma,
+                           alpha=config.hgpo_alpha, norm=config.advantage_norm, base_group=config.hgpo_base_group,
+                           penalties=penalties)
+
+
+def _turn_lists(episodes: list[Episode]) -> tuple[list[list[str]], list[list[float]], list[list[float]]]:
+    return ([[t.observation for t in e.turns] for e in episodes], [[t.reward for t in e.turns] for e in episodes],
+            [[t.penalty for t in e.turns] for e in episodes])
+
+
+def step_group_counts(config: TrainConfig, episodes: list[Episode]) -> dict[str, float]:
+    """Sums behind the step-group metrics of gigpo/hgpo (summed across processes, then divided): per level k,
+    steps that have the level and the total size of their groups; steps with n valid levels. GiGPO's
+    anchor-state groups are level 0. Empty for episode-level advantages."""
+    if config.advantage not in ("gigpo", "hgpo"):
+        return {}
+    depth = config.history_length if config.advantage == "hgpo" else 0
+    observations, rewards, penalties = _turn_lists(episodes)
+    stats = hgpo_level_stats(observations, rewards, [e.group_id for e in episodes], history_length=depth,
+                             gamma=config.gamma, penalties=penalties)
+    steps = sum(len(obs) for obs in observations)
+    counts = {"group_steps": float(steps)}
+    for k in range(depth + 1):
+        with_level = sum(max(len(obs) - k, 0) for obs in observations)
+        counts[f"level{k}_steps"] = float(with_level)
+        counts[f"level{k}_size_sum"] = stats[f"level{k}_group_size"] * with_level
+    for n in range(depth + 2):
+        counts[f"valid{n}_steps"] = stats[f"steps_with_{n}_valid_levels"] * steps
+    return counts
+
+
+def step_group_metrics(counts: dict[str, float]) -> dict[str, float]:
+    """`level{k}_group_size` (mean size of a step's level-k group) and `steps_with_{n}_valid_levels`."""
+    metrics = {}
+    for key, value in counts.items():
+        if key.endswith("_size_sum"):
+            level = key[: -len("_size_sum")]
+            metrics[f"{level}_group_size"] = value / max(counts[f"{level}_steps"], 1.0)
+        elif key.startswith("valid"):
+            metrics[f"steps_with_{key[5:-6]}_valid_levels"] = value / max(counts["group_steps"], 1.0)
+    return metrics
 
 
 def _batch_tensors(samples: list[Sample], pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -332,6 +392,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             "return_sum": sum(e.total_reward for e in episodes), "turns": len(turns),
             "invalid_turns": sum(t.invalid for t in turns),
             "generated_tokens": generated, "zero_advantage_episodes": zero_groups,
+            **step_group_counts(config, episodes),
         }
         totals = _reduce(acc, local)
         n = max(totals["episodes"], 1)
@@ -342,6 +403,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             "mean_turns": totals["turns"] / n,
             "invalid_action_rate": totals["invalid_turns"] / max(totals["turns"], 1),
             "zero_advantage_fraction": totals["zero_advantage_episodes"] / n,
+            **step_group_metrics(totals),
             **{k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()},
             "rollout_tokens_per_s": totals["generated_tokens"] / max(rollout_seconds, 1e-9),
             "train_tokens_per_s": stats["train_tokens"] / max(update_seconds, 1e-9),
