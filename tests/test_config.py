@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -244,3 +245,16 @@ def test_advantage_overrides_the_presets_estimator():
     assert config.advantage == "rloo" and config.context == "full"
     assert parse_overrides(["--advantage", "hgpo", "--hgpo-base-group", "true"]) == {
         "advantage": "hgpo", "hgpo_base_group": True}
+
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    name = path.stem
+    if name.endswith(("_gigpo", "_hgpo")):
+        assert config.advantage == name.rsplit("_", 1)[1] and config.group_size == 8
+        assert config.gamma == 0.95 and config.invalid_penalty == 0.1 and config.clip_eps == 0.2
+        assert config.history_length in (2, 4) and config.context == f"window:{config.history_length}"
