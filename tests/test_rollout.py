@@ -390,8 +390,8 @@ class _Quiz(Environment):
     parses_responses = True
     stop_strings = ("</ask>", "</answer>")
     format_hint = "Reply with <ask>question</ask> or <answer>final answer</answer>."
-    tool_schemas = [{"type": "function", "function": {"name": "lookup", "description": "Look a word up.",
-                                                      "parameters": {"type": "object", "properties": {}}}}]
+    tool_schemas = ({"type": "function", "function": {"name": "lookup", "description": "Look a word up.",
+                                                      "parameters": {"type": "object", "properties": {}}}},)
 
     def tasks(self, split="train"):
         return [0, 1]
@@ -412,6 +412,9 @@ class _Quiz(Environment):
 
     def expert_action(self):
         return "<answer>owl</answer>" if self.asked else "<ask>the word</ask>"
+
+    def admissible_actions(self):
+        return ["<answer>owl</answer>", "<ask>the word</ask>"]
 
 
 @pytest.mark.parametrize("context", CONTEXTS)
@@ -439,6 +442,7 @@ def test_prompts_use_the_envs_format_and_tools(tiny):
     observation = env.reset(task=0, seed=0)
     messages = builder.first_message(env, observation)
     assert _Quiz.format_hint in messages[1]["content"] and "<action>" not in messages[0]["content"]
+    assert "owl" not in messages[1]["content"]     # candidate responses are not shown: they hold answers
     # The tiny ChatML template ignores `tools=`, so the tools are written into the system message.
     assert not chat.renders_tools
     text = tokenizer.decode(chat.prompt_ids(messages, tools=env.tool_schemas))

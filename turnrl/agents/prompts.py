@@ -70,7 +70,10 @@ class PromptBuilder:
         return getattr(env, "format_hint", None) or FORMAT_HINT
 
     def _admissible(self, env) -> str:
-        actions = env.admissible_actions() if self.show_admissible else None
+        # An environment that reads whole responses lists candidate responses (for the random baseline),
+        # not a menu of moves: showing them would put answers in the prompt.
+        listed = self.show_admissible and not getattr(env, "parses_responses", False)
+        actions = env.admissible_actions() if listed else None
         return f"\nAdmissible actions: {', '.join(actions)}" if actions else ""
 
     def _instructions(self, env) -> str:
@@ -120,7 +123,7 @@ class ChatTokens:
         it renders them, otherwise into the system message as JSON, one tool per line."""
         if tools and not self.renders_tools:
             messages = _tools_in_system_message(messages, tools)
-        kwargs = {"tools": tools} if tools and self.renders_tools else {}
+        kwargs = {"tools": list(tools)} if tools and self.renders_tools else {}
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
         )

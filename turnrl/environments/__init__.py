@@ -9,6 +9,7 @@ from turnrl.environments.registry import (
     make_env,
     register_env,
 )
+from turnrl.environments.tools import ToolEnvironment
 from turnrl.environments.toy import register_toy_envs
 
 register_toy_envs()
@@ -22,6 +23,7 @@ __all__ = [
     "Environment",
     "ReplaySnapshot",
     "StepResult",
+    "ToolEnvironment",
     "lazy_factory",
     "list_envs",
     "load_env_module",

@@ -91,7 +91,8 @@ class Environment:
       invalid turn that never reaches the environment). True means the environment reads its own tags
       (`<search>`, `<answer>`, `<tool>`): the rollout hands `step` the whole response, the environment
       flags a response it cannot use with `info["invalid"]`, and `expert_action()` and
-      `admissible_actions()` return whole responses.
+      `admissible_actions()` return whole responses (the latter, candidates for `--policy random`, are
+      not shown in prompts).
     - `format_hint`: the reply format the prompt asks for (default: the `<think>`/`<action>` hint).
     - `stop_strings`: generation of a turn stops once one of these is written (default `</action>`).
     - `tool_schemas`: tools in the OpenAI function format, handed to the chat template as `tools=` where
