@@ -243,10 +243,11 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def describe_config() -> str:
-    """Every key with its default and help text."""
+    """Every key with its default (as resolved for the default preset) and help text."""
     lines = []
+    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = getattr(defaults, f.name)
         choices = f.metadata.get("choices")
         extra = f" (one of: {', '.join(choices)})" if choices else ""
         lines.append(f"{f.name} = {default!r}: {f.metadata['help']}{extra}")
