@@ -34,15 +34,20 @@ def _normalise(values: list[float], norm: str) -> list[float]:
     return [(v - mean) / (std + EPS) for v in values]
 
 
-def grpo_advantages(returns: list[float], group_ids: list, *, norm: str = "mean_std") -> list[float]:
-    """One advantage per episode: its return normalised within its group."""
+def _episode_groups(returns: list[float], group_ids: list) -> list[list[int]]:
+    """The episode indices of each group, in order of first appearance."""
     if len(returns) != len(group_ids):
         raise ValueError(f"{len(returns)} returns for {len(group_ids)} group ids")
     members: dict = defaultdict(list)
     for index, group in enumerate(group_ids):
         members[group].append(index)
+    return list(members.values())
+
+
+def grpo_advantages(returns: list[float], group_ids: list, *, norm: str = "mean_std") -> list[float]:
+    """One advantage per episode: its return normalised within its group."""
     advantages = [0.0] * len(returns)
-    for indices in members.values():
+    for indices in _episode_groups(returns, group_ids):
         for index, adv in zip(indices, _normalise([returns[i] for i in indices], norm)):
             advantages[index] = adv
     return advantages
@@ -51,13 +56,8 @@ def grpo_advantages(returns: list[float], group_ids: list, *, norm: str = "mean_
 def rloo_advantages(returns: list[float], group_ids: list) -> list[float]:
     """REINFORCE leave-one-out (Ahmadian et al. 2024): an episode's return minus the mean return of the
     other members of its group. A group of one has no baseline and contributes 0."""
-    if len(returns) != len(group_ids):
-        raise ValueError(f"{len(returns)} returns for {len(group_ids)} group ids")
-    members: dict = defaultdict(list)
-    for index, group in enumerate(group_ids):
-        members[group].append(index)
     advantages = [0.0] * len(returns)
-    for indices in members.values():
+    for indices in _episode_groups(returns, group_ids):
         if len(indices) < 2:
             continue
         total = sum(returns[i] for i in indices)
