@@ -8,12 +8,19 @@ ratio uses the same untruncated distribution, so the two stay comparable).
 
 Prompts are left-padded for generation and right-padded for scoring; both pass explicit position ids
 (counting real tokens only) so a token sees the same positions either way.
+
+Cross-turn cache (`TurnCache`): in `full` context a conversation only grows, so the keys and values of
+everything a row has already seen can be kept between turns and only the new segment (the last
+generated token, the template glue and the next observation) prefilled. Rows keep their own attention
+mask over the cache's columns: padding of a new segment and tokens sampled for a row after it finished
+are masked out, and position ids count real tokens only, so every token sees exactly the prefix and
+positions it would see without the cache.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,6 +54,68 @@ def _cache_argument(model) -> str:
     """The KV-cache keyword of this model's forward: `cache` in transformers >= 5.24, else `past_key_values`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+class CacheUnsupportedError(ValueError):
+    """The model's KV cache cannot be kept and extended between turns."""
+
+
+@dataclass
+class TurnCache:
+    """The KV cache of a batch of live conversations, kept between turns (see the module docstring).
+
+    Row r of the cache holds the keys and values of `ids[r]` (the first tokens of that row's conversation);
+    `mask` has one column per cache column, 1 where the column is a real token of the row. The rollout
+    drops the rows of finished episodes with `select` before the next turn.
+    """
+
+    past: object = None                              # the model's cache object (None before the first turn)
+    mask: torch.Tensor | None = None                 # [rows, cache columns]
+    ids: list[list[int]] = field(default_factory=list)
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order."""
+        if self.past is None or rows == list(range(len(self.ids))):
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        self.past.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.ids = [self.ids[r] for r in rows]
+        self._drop_empty_columns()
+
+    def _drop_empty_columns(self) -> None:
+        """Columns no remaining row attends to (padding, tokens of finished rows) cost memory and time."""
+        keep = self.mask.any(0)
+        if bool(keep.all()):
+            return
+        columns = keep.nonzero().squeeze(-1)
+        for layer in self.past.layers:
+            layer.keys = layer.keys[:, :, columns]
+            layer.values = layer.values[:, :, columns]
+        self.mask = self.mask[:, columns]
+
+
+def check_extendable_cache(past) -> None:
+    """Refuse caches that cannot be kept across turns (sliding windows, recurrent or quantized states)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    layers = getattr(past, "layers", None)
+    if type(past) is not DynamicCache or not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        kinds = sorted({type(layer).__name__ for layer in layers or []}) or [type(past).__name__]
+        raise CacheUnsupportedError(
+            f"the cross-turn KV cache needs a plain DynamicCache of full-attention layers; this model's cache is "
+            f"{type(past).__name__} ({', '.join(kinds)}). Set cross_turn_cache: false (or --no-cross-turn-cache) "
+            "to prefill the whole conversation every turn"
+        )
+
+
+def probe_cross_turn_cache(model) -> None:
+    """Check with a two-token forward that `model`'s KV cache can be kept across turns."""
+    device = next(model.parameters()).device
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    check_extendable_cache(getattr(out, "cache", None) or out.past_key_values)
 
 
 def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,24 +193,31 @@ class Policy:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], *, generator: torch.Generator | None = None,
-                 envs: list | None = None) -> list[Completion]:
+                 envs: list | None = None, cache: TurnCache | None = None) -> list[Completion]:
         """Sample one completion for each prompt (token ids), all in one batch. `envs` (one per prompt,
         optional) supply per-row `stop_strings`; they also let a scripted policy such as `ExpertPolicy`
-        stand in for a model."""
+        stand in for a model. `cache` (optional, for conversations that only grow): row r of the cache
+        holds a prefix of prompt r, only the rest is prefilled, and the cache is left holding each
+        conversation with its completion for the next turn."""
         if not prompts:
             return []
-        ids, mask = pad_left(prompts, self.pad_id)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = positions_from_mask(mask)
         batch = len(prompts)
+        if cache is not None and cache.past is not None:
+            ids, mask, positions = self._extend_cached(prompts, cache)
+            past = cache.past
+        else:
+            ids, mask = pad_left(prompts, self.pad_id)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            positions = positions_from_mask(mask)
+            past = None
         tokens: list[list[int]] = [[] for _ in range(batch)]
         logprobs: list[list[float]] = [[] for _ in range(batch)]
         finished = [False] * batch
         ended_with_eos = [False] * batch
         stops = [self._stop_strings_for(env) for env in envs] if envs else [self.stop_strings] * batch
         cache_kwarg = _cache_argument(self.model)
-        past = None
         step_ids, step_positions = ids, positions
+        prefill_columns = mask.shape[1]
         for _ in range(self.max_new_tokens):
             out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
                              use_cache=True, **({cache_kwarg: past} if past is not None else {}))
@@ -162,12 +238,47 @@ class Policy:
             step_ids = next_tokens[:, None]
             step_positions = step_positions[:, -1:] + 1
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+        if cache is not None:
+            self._keep_cache(cache, past, mask, prefill_columns, prompts, tokens)
         completions = []
         for row in range(batch):
             text_ids = tokens[row][:-1] if ended_with_eos[row] else tokens[row]
             text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
             completions.append(Completion(tokens[row], logprobs[row], text, ended_with_eos[row]))
         return completions
+
+    def _extend_cached(self, prompts: list[list[int]], cache: TurnCache):
+        """The new segments of prompts whose prefixes the cache holds, left-padded into one block after
+        the cache's columns; returns (ids, attention mask over cache + block, position ids of the block)."""
+        if len(prompts) != len(cache.ids):
+            raise ValueError(f"the turn cache holds {len(cache.ids)} rows for {len(prompts)} prompts; "
+                             "drop finished rows with TurnCache.select first")
+        segments = []
+        for row, (prompt, cached) in enumerate(zip(prompts, cache.ids)):
+            if len(prompt) <= len(cached) or prompt[: len(cached)] != cached:
+                raise ValueError(f"prompt {row} does not extend the conversation the turn cache holds")
+            segments.append(prompt[len(cached):])
+        block, block_mask = pad_left(segments, self.pad_id)
+        mask = torch.cat([cache.mask, block_mask.to(cache.mask.device)], dim=1)
+        positions = positions_from_mask(mask)[:, -block.shape[1]:]
+        return block.to(self.device), mask, positions
+
+    @staticmethod
+    def _keep_cache(cache: TurnCache, past, mask: torch.Tensor, prefill_columns: int, prompts: list[list[int]],
+                    tokens: list[list[int]]) -> None:
+        """Record what the cache now holds: each prompt and the generated tokens that were fed back in
+        (a row's last sampled token is fed only if another row went on); columns fed after a row had
+        finished are masked out for that row."""
+        check_extendable_cache(past)
+        columns = past.get_seq_length()
+        fed_steps = columns - prefill_columns
+        mask = mask[:, :columns].clone()
+        cache.ids = []
+        for row, row_tokens in enumerate(tokens):
+            fed = min(len(row_tokens), fed_steps)
+            mask[row, prefill_columns + fed:] = 0
+            cache.ids.append(list(prompts[row]) + row_tokens[:fed])
+        cache.past, cache.mask = past, mask
 
     def _stop_strings_for(self, env) -> tuple[str, ...]:
         """An environment's own `stop_strings` (e.g. `</search>`, `</answer>`) win over the policy's."""
@@ -200,7 +311,8 @@ class ExpertPolicy:
         self.max_new_tokens = max_new_tokens
         self.device = torch.device("cpu")   # where a caller's sampling generator lives; the expert samples nothing
 
-    def generate(self, prompts: list[list[int]], *, generator=None, envs: list | None = None) -> list[Completion]:
+    def generate(self, prompts: list[list[int]], *, generator=None, envs: list | None = None,
+                 cache: TurnCache | None = None) -> list[Completion]:
         completions = []
         for env in envs:
             action = env.expert_action()

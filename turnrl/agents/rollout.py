@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from turnrl.agents.actions import invalid_response_observation, parse_response, without_think
-from turnrl.agents.policy import Policy
+from turnrl.agents.policy import Policy, TurnCache, probe_cross_turn_cache
 from turnrl.agents.prompts import ChatTokens, HistoryEntry, PromptBuilder, parse_context
 from turnrl.environments import Environment, StepResult, make_env
 from turnrl.episode import Episode, Turn
@@ -49,11 +49,21 @@ class _Live:
 def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *, env_name: str,
             context: str = "full", max_turns: int = 10, invalid_penalty: float = 0.1,
             prompt_builder: PromptBuilder | None = None, generator: torch.Generator | None = None,
-            max_context_tokens: int | None = None) -> list[Episode]:
-    """Play one episode per (environment, spec) pair with one batched generation per turn."""
+            max_context_tokens: int | None = None, cross_turn_cache: bool = True,
+            progress: Callable[[dict], None] | None = None) -> list[Episode]:
+    """Play one episode per (environment, spec) pair with one batched generation per turn.
+
+    In `full` context with `cross_turn_cache`, each live conversation's KV cache is kept between turns
+    and only its new segment is prefilled (`TurnCache`); the tokens and log-probs are the same as
+    without it. `progress`, if given, is called after every turn with {"turn", "live", "tokens"}.
+    """
     if len(envs) != len(specs):
         raise ValueError(f"{len(envs)} environments for {len(specs)} episodes")
     window = parse_context(context)
+    cache = None
+    if window is None and cross_turn_cache and isinstance(policy, Policy):
+        probe_cross_turn_cache(policy.model)   # a model whose cache cannot be kept fails here, before any episode
+        cache = TurnCache()
     builder = prompt_builder or PromptBuilder()
     chat = ChatTokens(policy.tokenizer)
     live = []
@@ -66,6 +76,7 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
         live.append(state)
     episodes = [state.episode for state in live]
 
+    turn_number, generated = 0, 0
     while live:
         if window is None:
             prompts = [s.episode.token_ids for s in live]
@@ -75,9 +86,10 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
                                 tools=s.env.tool_schemas)
                 for s in live
             ]
-        completions = policy.generate(prompts, generator=generator, envs=[s.env for s in live])
-        still_live = []
-        for state, prompt, completion in zip(live, prompts, completions):
+        completions = policy.generate(prompts, generator=generator, envs=[s.env for s in live],
+                                      **({"cache": cache} if cache is not None else {}))
+        still_live, kept_rows = [], []
+        for row, (state, prompt, completion) in enumerate(zip(live, prompts, completions)):
             if state.env.parses_responses:
                 # The environment reads its own tags; a response it cannot use is its invalid turn.
                 action = completion.text
@@ -126,7 +138,14 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
                     episode.stop_reason = "context_full"
             if not episode.stop_reason:
                 still_live.append(state)
+                kept_rows.append(row)
         live = still_live
+        if cache is not None:
+            cache.select(kept_rows)
+        turn_number += 1
+        generated += sum(len(c.token_ids) for c in completions)
+        if progress is not None:
+            progress({"turn": turn_number, "live": len(live), "tokens": generated})
     return episodes
 
 
@@ -179,7 +198,8 @@ def random_choice(seed: int) -> Callable[[Environment], str | None]:
 def evaluate(policy: Policy, env_name: str, tasks: list, *, env_kwargs: dict | None = None, context: str = "full",
              max_turns: int = 10, seed: int = 0, invalid_penalty: float = 0.0,
              prompt_builder: PromptBuilder | None = None, batch_size: int = 32,
-             generator: torch.Generator | None = None) -> list[Episode]:
+             generator: torch.Generator | None = None, cross_turn_cache: bool = True,
+             progress: Callable[[dict], None] | None = None) -> list[Episode]:
     """One episode per task with a model policy, in batches of `batch_size` environments. Sampling draws
     from `generator` (default: one seeded with `seed`), so an evaluation is repeatable."""
     if generator is None:
@@ -191,7 +211,7 @@ def evaluate(policy: Policy, env_name: str, tasks: list, *, env_kwargs: dict | N
         chunk = specs[start: start + batch_size]
         episodes += rollout(policy, envs[: len(chunk)], chunk, env_name=env_name, context=context,
                             max_turns=max_turns, invalid_penalty=invalid_penalty, prompt_builder=prompt_builder,
-                            generator=generator)
+                            generator=generator, cross_turn_cache=cross_turn_cache, progress=progress)
     for env in envs:
         env.close()
     return episodes
