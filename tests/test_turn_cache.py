@@ -42,9 +42,9 @@ def tiny(one_thread):
 
 def _random_model(kind: str, tokenizer):
     torch.manual_seed(0)
-    shape = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    shape = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+                 "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     if kind == "llama":
         return LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False)).eval()
     return Qwen2ForCausalLM(Qwen2Config(**shape)).eval()

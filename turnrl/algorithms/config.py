@@ -65,6 +65,18 @@ class TrainConfig:
     top_p: float = _f(1.0, "nucleus sampling threshold")
     invalid_penalty: float = _f(0.1, "penalty for a response without a parseable action")
     show_admissible_actions: bool = _f(True, "list the admissible actions in each prompt where the env has them")
+    cross_turn_cache: bool | None = _f(None, "full context: keep each live conversation's KV cache between turns and "
+                                             "prefill only the new segment (default true; false for models whose "
+                                             "cache cannot be extended)")
+    filter_groups: bool = _f(False, "dynamic sampling (DAPO, verl-agent filter_groups): drop groups whose returns are "
+                                    "all equal and draw more task groups until tasks_per_iteration informative ones")
+    filter_groups_max_draws: int | None = _f(None, "filter_groups: at most this many draws of tasks_per_iteration "
+                                                   "task groups per iteration (default 4)")
+    warm_start_episodes: int = _f(0, "behaviour cloning from the environment's expert before the first iteration: "
+                                     "this many expert episodes of `split` (0 = no warm start); cached per settings")
+    warm_start_epochs: float | None = _f(None, "warm start: passes over the demonstrations (default 1)")
+    warm_start_learning_rate: float | None = _f(None, "warm start: learning rate (default 1e-4)")
+    warm_start_batch_size: int | None = _f(None, "warm start: sequences per step (default 8)")
     learning_rate: float = _f(1e-5, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     epochs: int = _f(1, "passes over each iteration's samples")
@@ -79,8 +91,9 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
     advantage_norm: str | None = _f(None, "group normalisation of grpo/gigpo/hgpo: mean_std (default) or mean",
                                     choices=("mean_std", "mean"))
-    eval_every: int = _f(0, "evaluate on eval_split every N iterations (0 = only at the end if eval_episodes > 0)")
-    eval_episodes: int = _f(0, "episodes per evaluation (0 = no evaluation)")
+    eval_every: int = _f(0, "also evaluate on eval_split every N iterations (0 = never during training)")
+    eval_episodes: int = _f(0, "greedy held-out evaluation on this many eval_split tasks before training, after the "
+                               "warm start and after RL, written to eval.json (0 = no evaluation)")
     eval_split: str = _f("test", "task split for evaluation")
     checkpoint_every: int = _f(5, "write a resumable checkpoint every N iterations (0 = never)")
     seed: int = _f(0, "seed for task sampling, generation and initialisation")
@@ -136,6 +149,22 @@ class TrainConfig:
             self.hgpo_base_group = bool(self.hgpo_base_group)
         if self.advantage != "rloo" and self.advantage_norm is None:
             self.advantage_norm = "mean_std"
+
+        if self.context != "full" and self.cross_turn_cache is not None:
+            raise ConfigError(f"cross_turn_cache applies to context full only (context is {self.context}: every "
+                              "prompt is fresh)")
+        if self.context == "full" and self.cross_turn_cache is None:
+            self.cross_turn_cache = True
+        if not self.filter_groups and self.filter_groups_max_draws is not None:
+            raise ConfigError("filter_groups_max_draws applies with filter_groups: true only")
+        if self.filter_groups and self.filter_groups_max_draws is None:
+            self.filter_groups_max_draws = 4
+        warm = {"warm_start_epochs": 1.0, "warm_start_learning_rate": 1e-4, "warm_start_batch_size": 8}
+        for name, default in warm.items():
+            if not self.warm_start_episodes and getattr(self, name) is not None:
+                raise ConfigError(f"{name} applies with warm_start_episodes > 0 only")
+            if self.warm_start_episodes and getattr(self, name) is None:
+                setattr(self, name, default)
         return self
 
     def validate(self) -> TrainConfig:
@@ -152,7 +181,12 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "eval_episodes", "checkpoint_every"):
+        if self.filter_groups and self.filter_groups_max_draws < 1:
+            raise ConfigError(f"filter_groups_max_draws must be >= 1, got {self.filter_groups_max_draws}")
+        if self.warm_start_episodes and (self.warm_start_epochs <= 0 or self.warm_start_learning_rate <= 0
+                                         or self.warm_start_batch_size < 1):
+            raise ConfigError("warm_start_epochs and warm_start_learning_rate must be > 0, warm_start_batch_size >= 1")
+        for name in ("eval_every", "eval_episodes", "checkpoint_every", "warm_start_episodes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.minibatch_size % self.micro_batch_size:

@@ -44,28 +44,40 @@ def demonstration_dataset(episodes: list[Episode], *, successful_only: bool = Tr
     return Dataset.from_dict(rows)
 
 
+def behaviour_clone(model, tokenizer, dataset, *, output_dir: str | Path, epochs: float = 1.0,
+                    learning_rate: float = 1e-4, batch_size: int = 8, seed: int = 0, progress: bool = True):
+    """Train `model` in place on a `demonstration_dataset` with TRL's `SFTTrainer`; returns it in eval mode.
+    `turnrl sft` and the warm start of `turnrl train` both come through here."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(Path(output_dir)), num_train_epochs=epochs, learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size, logging_steps=10, save_strategy="no", report_to=[],
+        seed=seed, max_length=None, disable_tqdm=not progress, lr_scheduler_type="constant",
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    return model.eval()
+
+
 def run_sft(*, env: str, model: str, episodes: int, output_dir: str | Path, env_kwargs: dict | None = None,
             split: str = "train", context: str = "full", max_turns: int = 10, epochs: float = 1.0,
             learning_rate: float = 1e-4, batch_size: int = 8, lora: bool = False, lora_rank: int = 8,
             seed: int = 0, show_admissible_actions: bool = True, progress: bool = True) -> Path:
     """Behaviour-clone `model` on `episodes` expert episodes; the result is saved in `output_dir`."""
-    from trl import SFTConfig, SFTTrainer
-
-    tasks = list(make_env(env, **(env_kwargs or {})).tasks(split))
-    tasks = [tasks[i % len(tasks)] for i in range(episodes)]
     policy_model, tokenizer = load_model(model, lora=lora, lora_rank=lora_rank, progress=progress)
-    demos = expert_demonstrations(tokenizer, env, tasks, env_kwargs=env_kwargs, context=context, max_turns=max_turns,
-                                  seed=seed, prompt_builder=PromptBuilder(show_admissible=show_admissible_actions))
-    dataset = demonstration_dataset(demos)
+    demos = expert_demonstrations(tokenizer, env, demonstration_tasks(env, env_kwargs, split, episodes),
+                                  env_kwargs=env_kwargs, context=context, max_turns=max_turns, seed=seed,
+                                  prompt_builder=PromptBuilder(show_admissible=show_admissible_actions))
     output_dir = Path(output_dir)
-    args = SFTConfig(
-        output_dir=str(output_dir / "trainer"), num_train_epochs=epochs, learning_rate=learning_rate,
-        per_device_train_batch_size=batch_size, logging_steps=10, save_strategy="no", report_to=[],
-        seed=seed, max_length=None, disable_tqdm=not progress, lr_scheduler_type="constant",
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-    )
-    trainer = SFTTrainer(model=policy_model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
-    policy_model.eval()
+    behaviour_clone(policy_model, tokenizer, demonstration_dataset(demos), output_dir=output_dir / "trainer",
+                    epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed, progress=progress)
     save_model(policy_model, tokenizer, output_dir / "final", model)
     return output_dir / "final"
+
+
+def demonstration_tasks(env: str, env_kwargs: dict | None, split: str, episodes: int) -> list:
+    """The first `episodes` tasks of a split, cycling when the split is shorter."""
+    tasks = list(make_env(env, **(env_kwargs or {})).tasks(split))
+    return [tasks[i % len(tasks)] for i in range(episodes)]

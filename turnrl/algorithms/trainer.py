@@ -12,8 +12,10 @@ advantages for its own groups, and accelerate synchronises gradients.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -23,7 +25,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from turnrl.agents.models import load_model, save_model
+from turnrl.agents.models import default_cache_dir, load_model, save_model
 from turnrl.agents.policy import Policy, pad_right, token_logprobs
 from turnrl.agents.prompts import PromptBuilder
 from turnrl.agents.rollout import evaluate, group_specs, rollout
@@ -36,8 +38,10 @@ from turnrl.algorithms.advantages import (
 )
 from turnrl.algorithms.config import TrainConfig
 from turnrl.algorithms.objectives import kl_k3, ppo_clip_loss, token_ratio
+from turnrl.algorithms.sft import behaviour_clone, demonstration_dataset, demonstration_tasks, expert_demonstrations
 from turnrl.environments import load_env_module, make_env
 from turnrl.episode import Episode, Sample, episode_samples, summarize
+from turnrl.progress import PhaseProgress
 
 
 def episode_turn_advantages(config: TrainConfig, episodes: list[Episode]) -> list[list[float]]:
@@ -101,6 +105,14 @@ def step_group_metrics(counts: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
+def _groups(episodes: list[Episode]) -> list[list[Episode]]:
+    """Episodes by group id, in order of first appearance."""
+    groups: dict[int, list[Episode]] = {}
+    for episode in episodes:
+        groups.setdefault(episode.group_id, []).append(episode)
+    return list(groups.values())
+
+
 def _batch_tensors(samples: list[Sample], pad_id: int, device) -> dict[str, torch.Tensor]:
     """Right-padded tensors, aligned so that position i describes token i + 1 (what log-probs score)."""
     ids, attention = pad_right([s.token_ids for s in samples], pad_id)
@@ -134,6 +146,11 @@ class Trainer:
         self.train_tasks = list(probe.tasks(config.split))
         if config.eval_episodes:
             probe.tasks(config.eval_split)
+        if config.warm_start_episodes:
+            probe.reset(task=self.train_tasks[0], seed=config.seed)
+            if probe.expert_action() is None:
+                raise ValueError(f"warm_start_episodes needs an expert, and environment {config.env!r} has none "
+                                 "(expert_action() returns None); set warm_start_episodes: 0")
         probe.close()
         world = self.accelerator.num_processes
         self.local_tasks = len(range(self.accelerator.process_index, config.tasks_per_iteration, world))
@@ -156,12 +173,15 @@ class Trainer:
                              max_new_tokens=config.max_new_tokens, device=self.accelerator.device)
         self.prompts = PromptBuilder(show_admissible=config.show_admissible_actions)
         self.run_dir = Path(config.output_dir)
+        self.phases = PhaseProgress(enabled=self.progress)
+        self.skip_zero_signal = True   # tests turn it off to check that skipping changes nothing
 
     # -- one iteration's pieces -------------------------------------------------------------------
 
-    def iteration_tasks(self, iteration: int) -> list:
-        """This process's tasks for an iteration: a seeded draw, so a resumed run draws the same."""
-        rng = random.Random(f"{self.config.seed}-{iteration}")
+    def iteration_tasks(self, iteration: int, draw: int = 0) -> list:
+        """This process's tasks for an iteration (and a further draw of dynamic sampling): a seeded draw,
+        so a resumed run draws the same."""
+        rng = random.Random(f"{self.config.seed}-{iteration}" + (f"-{draw}" if draw else ""))
         count = self.config.tasks_per_iteration
         drawn = rng.sample(self.train_tasks, count) if count <= len(self.train_tasks) else \
             [rng.choice(self.train_tasks) for _ in range(count)]
@@ -171,12 +191,56 @@ class Trainer:
         seed = (self.config.seed * 1_000_003 + iteration) * 64 + self.accelerator.process_index
         return torch.Generator(device=self.accelerator.device).manual_seed(seed)
 
-    def collect(self, iteration: int) -> list[Episode]:
+    def play(self, tasks: list, generator: torch.Generator) -> list[Episode]:
+        """One group of `group_size` rollouts per task."""
+        cfg = self.config
         self.model.eval()
-        specs = group_specs(self.iteration_tasks(iteration), self.config.group_size, seed=self.config.seed)
-        return rollout(self.policy, self.envs, specs, env_name=self.config.env, context=self.config.context,
-                       max_turns=self.config.max_turns, invalid_penalty=self.config.invalid_penalty,
-                       prompt_builder=self.prompts, generator=self.generator(iteration))
+        specs = group_specs(tasks, cfg.group_size, seed=cfg.seed)
+        start = time.perf_counter()
+        with self.phases.phase("rollout", total=cfg.max_turns) as show:
+            def turn_done(state: dict) -> None:
+                show(completed=state["turn"], live=state["live"],
+                     tok_s=state["tokens"] / max(time.perf_counter() - start, 1e-9))
+
+            return rollout(self.policy, self.envs[: len(specs)], specs, env_name=cfg.env, context=cfg.context,
+                           max_turns=cfg.max_turns, invalid_penalty=cfg.invalid_penalty, prompt_builder=self.prompts,
+                           generator=generator, cross_turn_cache=bool(cfg.cross_turn_cache), progress=turn_done)
+
+    def collect(self, iteration: int) -> tuple[list[Episode], dict[str, int]]:
+        """This iteration's episodes and group counts. With `filter_groups` (DAPO's dynamic sampling), groups
+        whose returns are all equal carry no signal and are dropped, and further task groups are drawn
+        until every process holds its share of informative groups or `filter_groups_max_draws` is reached."""
+        cfg = self.config
+        generator = self.generator(iteration)
+        if not cfg.filter_groups:
+            episodes = self.play(self.iteration_tasks(iteration), generator)
+            return episodes, {"groups_drawn": self.local_tasks, "groups_kept": self.local_tasks, "groups_dropped": 0}
+        kept: list[list[Episode]] = []
+        drawn = dropped = 0
+        for draw in range(cfg.filter_groups_max_draws):
+            episodes = self.play(self.iteration_tasks(iteration, draw), generator)
+            for group in _groups(episodes):
+                drawn += 1
+                if len({e.total_reward - e.total_penalty for e in group}) > 1:
+                    kept.append(group)
+                else:
+                    dropped += 1
+            if self.all_processes(len(kept) >= self.local_tasks):
+                break
+        kept = kept[: self.local_tasks]
+        episodes = []
+        for number, group in enumerate(kept):   # renumbered: groups of different draws never merge
+            for episode in group:
+                episode.group_id = number
+                episodes.append(episode)
+        return episodes, {"groups_drawn": drawn, "groups_kept": len(kept), "groups_dropped": dropped}
+
+    def all_processes(self, flag: bool) -> bool:
+        """Whether `flag` holds on every process (the same answer everywhere, so processes stay in step)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([0.0 if flag else 1.0], device=self.accelerator.device)
+        return float(self.accelerator.reduce(value, reduction="sum")) == 0.0
 
     @torch.no_grad()
     def reference_logprobs(self, batch: dict) -> torch.Tensor:
@@ -204,75 +268,137 @@ class Trainer:
         loss = token_logprobs(self.model, ids, torch.ones_like(ids)).sum() * 0.0
         self.accelerator.backward(loss)
 
+    def has_signal(self, sample: Sample) -> bool:
+        """Whether a sample's loss can be non-zero: an agent token with a non-zero advantage, or a KL term.
+        Samples without signal cost no forward or backward; they still count in the loss normaliser, so the
+        loss and its gradient are the same as if they had been computed."""
+        if self.config.kl_coef > 0:
+            return bool(sum(sample.loss_mask))
+        return any(a != 0.0 for a, m in zip(sample.advantages, sample.loss_mask) if m)
+
     def update(self, samples: list[Sample], iteration: int) -> dict:
         """Epochs of minibatch PPO updates; returns the update's statistics."""
         cfg, acc = self.config, self.accelerator
         rng = random.Random(f"update-{cfg.seed}-{iteration}")
         stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "ratio_mean": 0.0, "ratio_min": float("inf"),
-                 "ratio_max": 0.0, "logprob_max_abs_diff": 0.0}
-        tokens_seen = 0
+                 "ratio_max": 0.0, "logprob_max_abs_diff": None}
+        agent_tokens = computed_tokens = skipped = steps = 0
         first_update = True
         n_minibatches = self.minibatch_count(len(samples))
-        for _ in range(cfg.epochs):
-            order = list(range(len(samples)))
-            rng.shuffle(order)
-            for k in range(n_minibatches):
-                minibatch = [samples[i] for i in order[k::n_minibatches]]
-                minibatch_weight = sum(self.token_weight(s) * sum(s.loss_mask) for s in minibatch)
-                if minibatch_weight == 0:   # nothing to learn here, but stay in step with the other processes
-                    self.zero_backward()
-                micro_batches = [minibatch[i: i + cfg.micro_batch_size]
-                                 for i in range(0, len(minibatch), cfg.micro_batch_size)] if minibatch_weight else []
-                for index, micro in enumerate(micro_batches):
-                    batch = _batch_tensors(micro, self.policy.pad_id, acc.device)
-                    mask = batch["loss_mask"]
-                    weights = mask * torch.tensor([self.token_weight(s) for s in micro], device=acc.device)[:, None]
-                    new = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"],
-                                         self.policy.logprob_temperature)
-                    ratio = token_ratio(new, batch["behaviour"])
-                    loss_tokens, clipped = ppo_clip_loss(ratio, batch["advantages"], cfg.clip_eps)
-                    loss = (loss_tokens * weights).sum() / minibatch_weight
-                    if cfg.kl_coef > 0:
-                        kl = kl_k3(new, self.reference_logprobs(batch))
-                        loss = loss + cfg.kl_coef * (kl * weights).sum() / minibatch_weight
-                        stats["kl"] += float((kl.detach() * mask).sum())
-                    if index < len(micro_batches) - 1:
-                        with acc.no_sync(self.model):
+        signal = [self.has_signal(s) or not self.skip_zero_signal for s in samples]
+        with self.phases.phase("update", total=cfg.epochs * n_minibatches) as show:
+            for epoch in range(cfg.epochs):
+                order = list(range(len(samples)))
+                rng.shuffle(order)
+                for k in range(n_minibatches):
+                    show(completed=epoch * n_minibatches + k, skipped=skipped)
+                    chosen = order[k::n_minibatches]
+                    minibatch = [samples[i] for i in chosen]
+                    active = [samples[i] for i in chosen if signal[i]]
+                    skipped += len(minibatch) - len(active)
+                    agent_tokens += sum(sum(s.loss_mask) for s in minibatch)
+                    minibatch_weight = sum(self.token_weight(s) * sum(s.loss_mask) for s in minibatch)
+                    if self.all_processes(not active or not minibatch_weight):
+                        continue   # no process has anything to learn from here: no forward, no step
+                    if not active or not minibatch_weight:   # others have: stay in step with them
+                        self.zero_backward()
+                        active = []
+                    micro_batches = [active[i: i + cfg.micro_batch_size]
+                                     for i in range(0, len(active), cfg.micro_batch_size)]
+                    for index, micro in enumerate(micro_batches):
+                        batch = _batch_tensors(micro, self.policy.pad_id, acc.device)
+                        mask = batch["loss_mask"]
+                        weights = mask * torch.tensor([self.token_weight(s) for s in micro], device=acc.device)[:, None]
+                        new = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"],
+                                             self.policy.logprob_temperature)
+                        ratio = token_ratio(new, batch["behaviour"])
+                        loss_tokens, clipped = ppo_clip_loss(ratio, batch["advantages"], cfg.clip_eps)
+                        loss = (loss_tokens * weights).sum() / minibatch_weight
+                        if cfg.kl_coef > 0:
+                            kl = kl_k3(new, self.reference_logprobs(batch))
+                            loss = loss + cfg.kl_coef * (kl * weights).sum() / minibatch_weight
+                            stats["kl"] += float((kl.detach() * mask).sum())
+                        if index < len(micro_batches) - 1:
+                            with acc.no_sync(self.model):
+                                acc.backward(loss)
+                        else:
                             acc.backward(loss)
-                    else:
-                        acc.backward(loss)
-                    with torch.no_grad():
-                        on = mask.bool()
-                        if first_update:   # nothing has been updated yet: generation and training must agree
-                            diff = (new - batch["behaviour"]).abs()[on].max()
-                            stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"], float(diff))
-                        stats["loss"] += float((loss_tokens * mask).sum())
-                        stats["clip_fraction"] += float(clipped[on].sum())
-                        stats["ratio_mean"] += float(ratio[on].sum())
-                        stats["ratio_min"] = min(stats["ratio_min"], float(ratio[on].min()))
-                        stats["ratio_max"] = max(stats["ratio_max"], float(ratio[on].max()))
-                    tokens_seen += int(mask.sum())
-                if cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad()
-                first_update = False
-        for key in ("loss", "clip_fraction", "kl", "ratio_mean"):
-            stats[key] /= max(tokens_seen, 1)
+                        with torch.no_grad():
+                            on = mask.bool()
+                            if first_update:   # nothing has been updated yet: generation and training must agree
+                                diff = float((new - batch["behaviour"]).abs()[on].max())
+                                stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"] or 0.0, diff)
+                            stats["loss"] += float((loss_tokens * mask).sum())
+                            stats["clip_fraction"] += float(clipped[on].sum())
+                            stats["ratio_mean"] += float(ratio[on].sum())
+                            stats["ratio_min"] = min(stats["ratio_min"], float(ratio[on].min()))
+                            stats["ratio_max"] = max(stats["ratio_max"], float(ratio[on].max()))
+                        computed_tokens += int(mask.sum())
+                    if cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                    steps += 1
+                    first_update = False
+        # Skipped tokens have loss and KL exactly 0, so these means are over all agent tokens; the ratio
+        # statistics describe the tokens that were computed.
+        for key in ("loss", "kl"):
+            stats[key] /= max(agent_tokens, 1)
+        for key in ("clip_fraction", "ratio_mean"):
+            stats[key] /= max(computed_tokens, 1)
         if stats["ratio_min"] == float("inf"):
             stats["ratio_min"] = 0.0
-        stats["train_tokens"] = tokens_seen
+        stats.update(train_tokens=computed_tokens, skipped_samples=skipped, optimizer_steps=steps)
         return stats
 
-    def evaluate(self) -> dict:
-        """Greedy decoding on the first `eval_episodes` tasks of `eval_split`."""
+    def evaluate(self, phase: str) -> dict:
+        """Greedy decoding on the first `eval_episodes` tasks of `eval_split`: the `turnrl eval` summary.
+        The trajectories go to `eval_{phase}.jsonl` in the run folder."""
         cfg = self.config
         greedy = Policy(self.policy.model, self.tokenizer, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
                         device=self.accelerator.device)
         tasks = list(make_env(cfg.env, **cfg.env_kwargs).tasks(cfg.eval_split))[: cfg.eval_episodes]
-        episodes = evaluate(greedy, cfg.env, tasks, env_kwargs=cfg.env_kwargs, context=cfg.context,
-                            max_turns=cfg.max_turns, seed=cfg.seed, prompt_builder=self.prompts)
-        return summarize(episodes)
+        self.model.eval()
+        with self.phases.phase(f"eval {phase}", total=cfg.max_turns) as show:
+            episodes = evaluate(greedy, cfg.env, tasks, env_kwargs=cfg.env_kwargs, context=cfg.context,
+                                max_turns=cfg.max_turns, seed=cfg.seed, prompt_builder=self.prompts,
+                                cross_turn_cache=bool(cfg.cross_turn_cache),
+                                progress=lambda state: show(completed=state["turn"], live=state["live"]))
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with (self.run_dir / f"eval_{phase}.jsonl").open("w") as fh:
+                for episode in episodes:
+                    fh.write(json.dumps(episode.to_json(), default=str) + "\n")
+        return {"env": cfg.env, "split": cfg.eval_split, "model": cfg.model, "policy": "model", **summarize(episodes)}
+
+    def warm_start(self) -> str:
+        """Behaviour cloning from the environment's expert (the path of `turnrl sft`), cached under
+        `default_cache_dir()/warm_start/KEY`: KEY hashes the model, environment, prompt and warm-start
+        settings, seed and the demonstrations' tokens, so a second run with the same ones loads the result.
+        Returns "trained" or "cached"."""
+        cfg = self.config
+        demos = expert_demonstrations(self.tokenizer, cfg.env,
+                                      demonstration_tasks(cfg.env, cfg.env_kwargs, cfg.split, cfg.warm_start_episodes),
+                                      env_kwargs=cfg.env_kwargs, context=cfg.context, max_turns=cfg.max_turns,
+                                      seed=cfg.seed, prompt_builder=self.prompts)
+        dataset = demonstration_dataset(demos)
+        folder = default_cache_dir() / "warm_start" / warm_start_key(cfg, dataset["input_ids"])
+        model = self.accelerator.unwrap_model(self.model)
+        if (folder / "turnrl_model.json").exists():
+            _load_weights(model, folder)
+            return "cached"
+        torch.manual_seed(cfg.seed)
+        behaviour_clone(model, self.tokenizer, dataset, output_dir=self.run_dir / "warm_start",
+                        epochs=cfg.warm_start_epochs, learning_rate=cfg.warm_start_learning_rate,
+                        batch_size=cfg.warm_start_batch_size, seed=cfg.seed, progress=self.progress)
+        shutil.rmtree(self.run_dir / "warm_start", ignore_errors=True)
+        if self.accelerator.is_main_process:
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            save_model(model, self.tokenizer, tmp, cfg.model)
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+        self.accelerator.wait_for_everyone()
+        return "trained"
 
     # -- run folder -----------------------------------------------------------------------------
 
@@ -304,6 +430,18 @@ class Trainer:
         return int(state["iteration"])
 
 
+def warm_start_key(config: TrainConfig, demonstration_ids: list[list[int]]) -> str:
+    """What a warm start depends on: model, environment, prompt format, warm-start settings, seed, and
+    the demonstrations themselves (so a change of prompts or expert is a new key)."""
+    settings = {name: getattr(config, name) for name in (
+        "model", "dtype", "lora", "lora_rank", "lora_alpha", "env", "env_kwargs", "split", "context", "max_turns",
+        "show_admissible_actions", "warm_start_episodes", "warm_start_epochs", "warm_start_learning_rate",
+        "warm_start_batch_size", "seed")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(demonstration_ids).encode())
+    return digest.hexdigest()[:20]
+
+
 def _load_weights(model, folder: Path) -> None:
     """Load saved weights (full model or LoRA adapter) into an already-built model in place."""
     from safetensors.torch import load_file
@@ -324,24 +462,38 @@ def _load_weights(model, folder: Path) -> None:
                                f"unexpected {unexpected[:5]}")
 
 
-def write_curves(metrics_file: Path, out_file: Path) -> None:
-    """Plot the main training curves from metrics.jsonl into a PNG."""
+def write_curves(metrics_file: Path, out_file: Path, evals: dict | None = None) -> None:
+    """Plot the main training curves from metrics.jsonl, and the held-out success of each evaluation
+    phase (zero-shot, warm start, after RL) where there is one, into a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    if not rows:
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()] \
+        if metrics_file.exists() else []
+    if not rows and not evals:
         return
     keys = ["success_rate", "mean_return", "mean_turns", "invalid_action_rate", "clip_fraction",
-            "logprob_max_abs_diff"]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+            "logprob_max_abs_diff", "zero_advantage_fraction"]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6))
     x = [row["iteration"] for row in rows]
     for ax, key in zip(axes.flat, keys):
-        ax.plot(x, [row.get(key, float("nan")) for row in rows], marker="o")
+        values = [row.get(key) for row in rows]
+        ax.plot(x, [float("nan") if v is None else v for v in values], marker="o")
         ax.set_title(key)
         ax.set_xlabel("iteration")
+    ax = axes.flat[-1]
+    phases = [p for p in ("zero_shot", "warm_start", "after_rl") if p in (evals or {})]
+    if phases:
+        heights = [evals[p]["success_rate"] for p in phases]
+        ax.bar(phases, heights, color=["#999999", "#4c72b0", "#dd8452"][: len(phases)])
+        for i, h in enumerate(heights):
+            ax.text(i, h, f"{h:.2f}", ha="center", va="bottom")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"held-out success ({evals[phases[0]]['episodes']} tasks)")
+    else:
+        ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(out_file)
     plt.close(fig)
@@ -366,6 +518,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     trainer = Trainer(config, progress=progress)
     acc, run_dir = trainer.accelerator, trainer.run_dir
     start = trainer.load_checkpoint() if resume else 0
+    eval_file = run_dir / "eval.json"
+    evals = json.loads(eval_file.read_text()) if start and eval_file.exists() else {}
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -374,9 +528,30 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                     if line.strip() and json.loads(line)["iteration"] <= start]
             metrics_file.write_text("".join(line + "\n" for line in kept))
 
+    def log(message: str) -> None:
+        if trainer.progress:
+            print(message, flush=True)
+
+    def record(phase: str) -> None:
+        evals[phase] = trainer.evaluate(phase)
+        log(f"eval {phase}: success {evals[phase]['success_rate']:.2f}  score {evals[phase]['mean_score']:.2f}  "
+            f"invalid {evals[phase]['invalid_action_rate']:.2f}  ({evals[phase]['episodes']} {config.eval_split} tasks)")
+        if acc.is_main_process:
+            eval_file.write_text(json.dumps(evals, indent=2))
+
+    if start == 0:   # a resumed run has done these already (its checkpoint holds the warm-started weights)
+        if config.eval_episodes:
+            record("zero_shot")
+        if config.warm_start_episodes:
+            t0 = time.perf_counter()
+            how = trainer.warm_start()
+            log(f"warm start: {how} ({config.warm_start_episodes} expert episodes, {time.perf_counter() - t0:.0f}s)")
+            if config.eval_episodes:
+                record("warm_start")
+
     for iteration in range(start + 1, config.iterations + 1):
         t0 = time.perf_counter()
-        episodes = trainer.collect(iteration)
+        episodes, group_counts = trainer.collect(iteration)
         rollout_seconds = time.perf_counter() - t0
         advantages = episode_turn_advantages(config, episodes)
         samples = [s for i, (e, adv) in enumerate(zip(episodes, advantages)) for s in episode_samples(e, adv, i)]
@@ -392,10 +567,12 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             "return_sum": sum(e.total_reward for e in episodes), "turns": len(turns),
             "invalid_turns": sum(t.invalid for t in turns),
             "generated_tokens": generated, "zero_advantage_episodes": zero_groups,
-            **step_group_counts(config, episodes),
+            **group_counts, "train_tokens": stats["train_tokens"], "skipped_samples": stats["skipped_samples"],
+            "samples": len(samples), **step_group_counts(config, episodes),
         }
         totals = _reduce(acc, local)
         n = max(totals["episodes"], 1)
+        agreement = _gathered_max(acc, stats["logprob_max_abs_diff"])
         metrics = {
             "iteration": iteration,
             "success_rate": totals["successes"] / n,
@@ -403,32 +580,63 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             "mean_turns": totals["turns"] / n,
             "invalid_action_rate": totals["invalid_turns"] / max(totals["turns"], 1),
             "zero_advantage_fraction": totals["zero_advantage_episodes"] / n,
+            **{k: int(totals[k]) for k in ("groups_drawn", "groups_kept", "groups_dropped", "samples",
+                                           "skipped_samples", "train_tokens")},
             **step_group_metrics(totals),
-            **{k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()},
+            **{k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()
+               if k not in ("train_tokens", "skipped_samples")},
+            "logprob_max_abs_diff": agreement,
             "rollout_tokens_per_s": totals["generated_tokens"] / max(rollout_seconds, 1e-9),
-            "train_tokens_per_s": stats["train_tokens"] / max(update_seconds, 1e-9),
+            "train_tokens_per_s": totals["train_tokens"] / max(update_seconds, 1e-9),
             "rollout_seconds": rollout_seconds, "update_seconds": update_seconds,
         }
         if config.eval_episodes and config.eval_every and iteration % config.eval_every == 0:
-            metrics.update({f"eval_{k}": v for k, v in trainer.evaluate().items()})
+            metrics.update({f"eval_{k}": v for k, v in trainer.evaluate(f"iter{iteration}").items()
+                            if isinstance(v, (int, float))})
         if acc.is_main_process:
             with metrics_file.open("a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
-            if trainer.progress:
-                print(f"iter {iteration}/{config.iterations}  success {metrics['success_rate']:.2f}  "
-                      f"return {metrics['mean_return']:.2f}  turns {metrics['mean_turns']:.1f}  "
-                      f"invalid {metrics['invalid_action_rate']:.2f}  clip {metrics['clip_fraction']:.3f}  "
-                      f"logprob diff {metrics['logprob_max_abs_diff']:.1e}  "
-                      f"({rollout_seconds:.1f}s rollout, {update_seconds:.1f}s update)", flush=True)
+            diff = "n/a" if agreement is None else f"{agreement:.1e}"
+            log(f"iter {iteration}/{config.iterations}  success {metrics['success_rate']:.2f}  "
+                f"return {metrics['mean_return']:.2f}  turns {metrics['mean_turns']:.1f}  "
+                f"invalid {metrics['invalid_action_rate']:.2f}  clip {metrics['clip_fraction']:.3f}  "
+                f"logprob diff {diff}  groups kept {metrics['groups_kept']}/{metrics['groups_drawn']}  "
+                f"skipped {metrics['skipped_samples']}/{metrics['samples']} samples  "
+                f"({rollout_seconds:.1f}s rollout, {update_seconds:.1f}s update)")
         if config.checkpoint_every and iteration % config.checkpoint_every == 0 and iteration < config.iterations:
             trainer.save_checkpoint(iteration)
 
     acc.wait_for_everyone()
+    if config.eval_episodes and "after_rl" not in evals:
+        record("after_rl")
     if acc.is_main_process:
         save_model(acc.unwrap_model(trainer.model), trainer.tokenizer, run_dir / "final", config.model)
-        write_curves(metrics_file, run_dir / "curves.png")
-        if config.eval_episodes and not config.eval_every:
-            result = trainer.evaluate()
-            (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        write_curves(metrics_file, run_dir / "curves.png", evals)
+        if evals and trainer.progress:
+            print_eval_table(evals)
     return run_dir
 
+
+def _gathered_max(accelerator: Accelerator, value: float | None) -> float | None:
+    """The largest value over processes; None where no process measured one."""
+    if accelerator.num_processes == 1:
+        return value
+    gathered = accelerator.gather(torch.tensor([-1.0 if value is None else value], device=accelerator.device))
+    best = float(gathered.max())
+    return None if best < 0 else best
+
+
+def print_eval_table(evals: dict) -> None:
+    """The held-out evaluation phases as a small table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="held-out evaluation (greedy)")
+    for column in ("phase", "success", "score", "invalid", "turns", "episodes"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for phase in ("zero_shot", "warm_start", "after_rl"):
+        if phase in evals:
+            e = evals[phase]
+            table.add_row(phase, f"{e['success_rate']:.3f}", f"{e['mean_score']:.3f}",
+                          f"{e['invalid_action_rate']:.3f}", f"{e['mean_turns']:.2f}", str(e["episodes"]))
+    Console().print(table)
