@@ -271,7 +271,8 @@ class Trainer:
     def has_signal(self, sample: Sample) -> bool:
         """Whether a sample's loss can be non-zero: an agent token with a non-zero advantage, or a KL term.
         Samples without signal cost no forward or backward; they still count in the loss normaliser, so the
-        loss and its gradient are the same as if they had been computed."""
+        loss and its gradient are the same as if they had been computed. A minibatch without signal on any
+        process takes no optimizer step (AdamW's momentum would otherwise move the weights on a zero gradient)."""
         if self.config.kl_coef > 0:
             return bool(sum(sample.loss_mask))
         return any(a != 0.0 for a, m in zip(sample.advantages, sample.loss_mask) if m)
@@ -382,7 +383,7 @@ class Trainer:
                                       env_kwargs=cfg.env_kwargs, context=cfg.context, max_turns=cfg.max_turns,
                                       seed=cfg.seed, prompt_builder=self.prompts)
         dataset = demonstration_dataset(demos)
-        folder = default_cache_dir() / "warm_start" / warm_start_key(cfg, dataset["input_ids"])
+        folder = default_cache_dir() / "warm_start" / warm_start_key(cfg, list(dataset["input_ids"]))
         model = self.accelerator.unwrap_model(self.model)
         if (folder / "turnrl_model.json").exists():
             _load_weights(model, folder)
