@@ -158,7 +158,7 @@ def test_window_context_prompts_are_fresh_chat_prompts(nudged):
             prompt_text = tokenizer.decode(turn.prompt_ids, skip_special_tokens=False)
             assert turn.observation in prompt_text
             for entry in history[-2:]:
-                assert repr(entry.observation) in prompt_text     # only the last k steps are shown
+                assert entry.observation in prompt_text     # only the last k steps are shown
             if turn.action is not None:
                 env.step(turn.action)
             history.append(HistoryEntry(turn.observation, turn.action or "(no valid action)"))

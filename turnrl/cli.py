@@ -155,6 +155,8 @@ def eval_command(
     max_new_tokens: int = typer.Option(64),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     seed: int = typer.Option(0),
+    prompt_style: str = typer.Option("compact", help="compact or verl-agent (match the training run)"),
+    cross_turn_cache: bool = typer.Option(True, help="full context: keep the KV cache between turns"),
 ) -> None:
     """Evaluate a model or a scripted policy; writes a JSON summary and JSONL trajectories."""
     _load_env_module(env_module)
@@ -164,10 +166,11 @@ def eval_command(
         _fail("give exactly one of --model M or --policy expert|random")
     if policy is not None and policy not in ("expert", "random"):
         _fail(f"--policy must be one of: expert, random (got {policy!r})")
-    from turnrl.agents.prompts import parse_context
+    from turnrl.agents.prompts import PromptBuilder, parse_context
 
     try:
         parse_context(context)
+        builder = PromptBuilder(style=prompt_style)
     except ValueError as err:
         _fail(str(err))
     from turnrl.agents.rollout import EpisodeSpec, evaluate, expert_choice, random_choice, scripted_rollout
@@ -191,7 +194,8 @@ def eval_command(
 
         model_obj, tokenizer = load_model(model)
         agent = Policy(model_obj, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
-        played = evaluate(agent, env, tasks, env_kwargs=kwargs, context=context, max_turns=max_turns, seed=seed)
+        played = evaluate(agent, env, tasks, env_kwargs=kwargs, context=context, max_turns=max_turns, seed=seed,
+                          prompt_builder=builder, cross_turn_cache=cross_turn_cache)
     summary = {"env": env, "split": split, "model": model, "policy": policy or "model", **summarize(played)}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(summary, indent=2))
@@ -219,21 +223,23 @@ def sft(
     batch_size: int = typer.Option(8),
     lora: bool = typer.Option(False),
     seed: int = typer.Option(0),
+    prompt_style: str = typer.Option("compact", help="compact or verl-agent (match the training run)"),
 ) -> None:
     """Behaviour cloning on expert episodes (TRL SFTTrainer, agent turns only)."""
     _load_env_module(env_module)
     kwargs = _parse_json(env_kwargs, "--env-kwargs")
     _check_env(env, split, kwargs)
-    from turnrl.agents.prompts import parse_context
+    from turnrl.agents.prompts import PromptBuilder, parse_context
     from turnrl.algorithms.sft import run_sft
 
     try:
         parse_context(context)
+        PromptBuilder(style=prompt_style)
     except ValueError as err:
         _fail(str(err))
     final = run_sft(env=env, model=model, episodes=episodes, output_dir=output_dir, env_kwargs=kwargs, split=split,
                     context=context, max_turns=max_turns, epochs=epochs, learning_rate=learning_rate,
-                    batch_size=batch_size, lora=lora, seed=seed)
+                    batch_size=batch_size, lora=lora, seed=seed, prompt_style=prompt_style)
     console.print(f"model saved to {escape(str(final))}")
 
 

@@ -104,8 +104,8 @@ def check_extendable_cache(past) -> None:
         kinds = sorted({type(layer).__name__ for layer in layers or []}) or [type(past).__name__]
         raise CacheUnsupportedError(
             f"the cross-turn KV cache needs a plain DynamicCache of full-attention layers; this model's cache is "
-            f"{type(past).__name__} ({', '.join(kinds)}). Set cross_turn_cache: false (or --no-cross-turn-cache) "
-            "to prefill the whole conversation every turn"
+            f"{type(past).__name__} ({', '.join(kinds)}). Set cross_turn_cache: false (turnrl train) or pass "
+            "--no-cross-turn-cache (turnrl eval) to prefill the whole conversation every turn"
         )
 
 

@@ -10,6 +10,18 @@ Two context modes (DESIGN.md):
 - `window:k`: every step is a fresh two-message prompt holding the task, the last k observations
   with the actions taken, the current observation and the admissible actions, in the spirit of
   verl-agent's prompts (only the extracted action is remembered, never the reasoning).
+
+Two styles of text (`PROMPT_STYLES`), the same in both modes:
+- `compact` (default): nothing said twice, since prompt tokens are most of the compute. The episode's
+  first observation is shown in full once (the `Task:` line, or the first message of `full`); every
+  later observation goes through the environment's `compact_observation` (WebShop drops the
+  instruction it repeats on every page, search-QA the reply format the prompt already gives);
+  a window's remembered first observation is not repeated under the task; the admissible actions come
+  from the environment's `compact_actions` where it has one (WebShop: the clickables are on the page;
+  ALFWorld: the `go to` targets are the room's receptacles), else as a list; short framing words.
+  The hooks are optional (`turnrl/environments/base.py`): an environment without them gets the rest.
+- `verl-agent`: verl-agent's wording and layout ("Prior to this step you took ...", every observation
+  verbatim, the full admissible list), the reference that the paper-sized configs follow.
 """
 
 from __future__ import annotations
@@ -31,6 +43,9 @@ RESPONSE_SYSTEM_PROMPT = (
     "You are an agent acting in a text environment. Each turn, think briefly inside <think> </think>, "
     "then reply in exactly the format the task asks for."
 )
+
+
+PROMPT_STYLES = ("compact", "verl-agent")
 
 
 class ChatTemplateError(ValueError):
@@ -55,11 +70,20 @@ class HistoryEntry:
 
 
 class PromptBuilder:
-    """Writes the user messages an agent sees. Environments may carry an `instructions` string."""
+    """Writes the user messages an agent sees, in one of `PROMPT_STYLES`. Environments may carry an
+    `instructions` string and the compact style's hooks (`compact_instructions`, `compact_observation`,
+    `compact_actions`)."""
 
-    def __init__(self, system_prompt: str | None = None, show_admissible: bool = True):
+    def __init__(self, system_prompt: str | None = None, show_admissible: bool = True, style: str = "compact"):
+        if style not in PROMPT_STYLES:
+            raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
         self.system_prompt = system_prompt      # None: chosen by the environment's response format
         self.show_admissible = show_admissible
+        self.style = style
+
+    @property
+    def compact(self) -> bool:
+        return self.style == "compact"
 
     def _system(self, env) -> dict:
         default = RESPONSE_SYSTEM_PROMPT if getattr(env, "parses_responses", False) else SYSTEM_PROMPT
@@ -72,13 +96,28 @@ class PromptBuilder:
     def _admissible(self, env) -> str:
         # An environment that reads whole responses lists candidate responses (for the random baseline),
         # not a menu of moves: showing them would put answers in the prompt.
-        listed = self.show_admissible and not getattr(env, "parses_responses", False)
-        actions = env.admissible_actions() if listed else None
-        return f"\nAdmissible actions: {', '.join(actions)}" if actions else ""
+        if not self.show_admissible or getattr(env, "parses_responses", False):
+            return ""
+        if self.compact:
+            hook = getattr(env, "compact_actions", None)
+            line = hook() if hook is not None else None
+            if line:
+                return f"\n{line}"
+        actions = env.admissible_actions()
+        if not actions:
+            return ""
+        return f"\n{'Actions' if self.compact else 'Admissible actions'}: {', '.join(actions)}"
 
     def _instructions(self, env) -> str:
-        text = getattr(env, "instructions", "")
+        text = (getattr(env, "compact_instructions", None) if self.compact else None) or getattr(env, "instructions", "")
         return f"{text}\n" if text else ""
+
+    def _later(self, env, observation: str) -> str:
+        """An observation after the first one, as this style shows it."""
+        if not self.compact:
+            return observation
+        hook = getattr(env, "compact_observation", None)
+        return hook(observation) if hook is not None else observation
 
     def first_message(self, env, observation: str) -> list[dict]:
         """The opening messages of a `full` conversation."""
@@ -87,24 +126,32 @@ class PromptBuilder:
 
     def observation_message(self, env, observation: str) -> dict:
         """The user message that carries an observation in a `full` conversation."""
-        return {"role": "user", "content": f"{observation}{self._admissible(env)}"}
+        return {"role": "user", "content": f"{self._later(env, observation)}{self._admissible(env)}"}
 
     def window_messages(self, env, task_observation: str, history: list[HistoryEntry], observation: str,
                         k: int) -> list[dict]:
         """The fresh prompt of one `window:k` step."""
         step = len(history)
-        lines = [f"{self._instructions(env)}Task: {task_observation}"]
         recent = history[-k:] if k > 0 else []
-        if recent:
-            lines.append(
-                f"Prior to this step you took {step} step(s). "
-                f"The last {len(recent)} observation(s) and the action you took after each:"
-            )
-            first = step - len(recent) + 1
+        first = step - len(recent) + 1
+        lines = [f"{self._instructions(env)}Task: {task_observation}"]
+        if self.compact:
             for n, entry in enumerate(recent, start=first):
-                lines.append(f"[Observation {n}: {entry.observation!r}, Action {n}: {entry.action!r}]")
-        if step > 0:
-            lines.append(f"You are now at step {step + 1}. Current observation: {observation}")
+                shown = "(as in Task)" if n == 1 and entry.observation == task_observation \
+                    else self._later(env, entry.observation)
+                lines += [f"Step {n}: {shown}", f"Your action: {entry.action}"]
+            if step > 0:
+                lines.append(f"Step {step + 1} (now): {self._later(env, observation)}")
+        else:
+            if recent:
+                lines.append(
+                    f"Prior to this step you took {step} step(s). "
+                    f"The last {len(recent)} observation(s) and the action you took after each:"
+                )
+                for n, entry in enumerate(recent, start=first):
+                    lines.append(f"[Observation {n}: {entry.observation!r}, Action {n}: {entry.action!r}]")
+            if step > 0:
+                lines.append(f"You are now at step {step + 1}. Current observation: {observation}")
         lines.append(f"{self._admissible(env).lstrip()}\n{self._format_hint(env)}".lstrip())
         return [self._system(env), {"role": "user", "content": "\n".join(lines)}]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from turnrl.agents.prompts import parse_context
+from turnrl.agents.prompts import PROMPT_STYLES, parse_context
 
 # Presets: each names the advantage estimator it uses; the rest of the loop is shared (DESIGN.md).
 ALGORITHMS = ("grpo", "gigpo", "hgpo")
@@ -65,6 +65,9 @@ class TrainConfig:
     top_p: float = _f(1.0, "nucleus sampling threshold")
     invalid_penalty: float = _f(0.1, "penalty for a response without a parseable action")
     show_admissible_actions: bool = _f(True, "list the admissible actions in each prompt where the env has them")
+    prompt_style: str = _f("compact", "prompt text: compact (nothing said twice; fewer tokens) or verl-agent (verl-agent's "
+                                      "wording, every observation verbatim; the paper configs' reference)",
+                           choices=PROMPT_STYLES)
     cross_turn_cache: bool | None = _f(None, "full context: keep each live conversation's KV cache between turns and "
                                              "prefill only the new segment (default true; false for models whose "
                                              "cache cannot be extended)")

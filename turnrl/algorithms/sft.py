@@ -64,12 +64,14 @@ def behaviour_clone(model, tokenizer, dataset, *, output_dir: str | Path, epochs
 def run_sft(*, env: str, model: str, episodes: int, output_dir: str | Path, env_kwargs: dict | None = None,
             split: str = "train", context: str = "full", max_turns: int = 10, epochs: float = 1.0,
             learning_rate: float = 1e-4, batch_size: int = 8, lora: bool = False, lora_rank: int = 8,
-            seed: int = 0, show_admissible_actions: bool = True, progress: bool = True) -> Path:
+            seed: int = 0, show_admissible_actions: bool = True, prompt_style: str = "compact",
+            progress: bool = True) -> Path:
     """Behaviour-clone `model` on `episodes` expert episodes; the result is saved in `output_dir`."""
     policy_model, tokenizer = load_model(model, lora=lora, lora_rank=lora_rank, progress=progress)
     demos = expert_demonstrations(tokenizer, env, demonstration_tasks(env, env_kwargs, split, episodes),
                                   env_kwargs=env_kwargs, context=context, max_turns=max_turns, seed=seed,
-                                  prompt_builder=PromptBuilder(show_admissible=show_admissible_actions))
+                                  prompt_builder=PromptBuilder(show_admissible=show_admissible_actions,
+                                                               style=prompt_style))
     output_dir = Path(output_dir)
     behaviour_clone(policy_model, tokenizer, demonstration_dataset(demos), output_dir=output_dir / "trainer",
                     epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed, progress=progress)

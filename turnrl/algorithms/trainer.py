@@ -171,7 +171,7 @@ class Trainer:
         self.policy = Policy(self.accelerator.unwrap_model(self.model), self.tokenizer,
                              temperature=config.temperature, top_p=config.top_p,
                              max_new_tokens=config.max_new_tokens, device=self.accelerator.device)
-        self.prompts = PromptBuilder(show_admissible=config.show_admissible_actions)
+        self.prompts = PromptBuilder(show_admissible=config.show_admissible_actions, style=config.prompt_style)
         self.run_dir = Path(config.output_dir)
         self.phases = PhaseProgress(enabled=self.progress)
         self.skip_zero_signal = True   # tests turn it off to check that skipping changes nothing
@@ -436,7 +436,7 @@ def warm_start_key(config: TrainConfig, demonstration_ids: list[list[int]]) -> s
     the demonstrations themselves (so a change of prompts or expert is a new key)."""
     settings = {name: getattr(config, name) for name in (
         "model", "dtype", "lora", "lora_rank", "lora_alpha", "env", "env_kwargs", "split", "context", "max_turns",
-        "show_admissible_actions", "warm_start_episodes", "warm_start_epochs", "warm_start_learning_rate",
+        "show_admissible_actions", "prompt_style", "warm_start_episodes", "warm_start_epochs", "warm_start_learning_rate",
         "warm_start_batch_size", "seed")}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(json.dumps(demonstration_ids).encode())

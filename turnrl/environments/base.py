@@ -97,9 +97,20 @@ class Environment:
     - `stop_strings`: generation of a turn stops once one of these is written (default `</action>`).
     - `tool_schemas`: tools in the OpenAI function format, handed to the chat template as `tools=` where
       the template renders tools, otherwise written into the system message.
+
+    Optional hooks of the compact prompt style (`PromptBuilder(style="compact")`, the default), which
+    shows the episode's first observation in full as the task and says nothing twice. Their defaults
+    change nothing; they only shape prompt text, never what `reset`/`step` return:
+
+    - `compact_instructions`: shorter `instructions` for compact prompts (None: `instructions`).
+    - `compact_observation(observation)`: an observation of this episode other than the first, with the
+      text the first one already gave removed (WebShop's instruction, repeated on every page).
+    - `compact_actions()`: the admissible actions written shorter, for example by pointing at the
+      observations in the prompt that show them, so that every action stays derivable from the prompt.
     """
 
     instructions: str = ""
+    compact_instructions: str | None = None
     parses_responses: bool = False
     format_hint: str | None = None
     stop_strings: tuple[str, ...] | None = None
@@ -133,6 +144,19 @@ class Environment:
 
     def expert_action(self) -> str | None:
         """The expert's next action, or None where there is no expert."""
+        return None
+
+    def compact_observation(self, observation: str) -> str:
+        """`observation` as a compact prompt shows it: called on every observation of the current episode
+        except the first (which the prompt shows in full as the task), it removes text the first one already
+        gave. It must only remove repeated text, never anything the agent cannot read elsewhere in the
+        prompt. Default: the observation unchanged."""
+        return observation
+
+    def compact_actions(self) -> str | None:
+        """The admissible actions of the current state as one line of a compact prompt (e.g. "Actions:
+        click[X] for X a clickable of this page"), from which each action of `admissible_actions()` can
+        be read given the prompt's observations; None (default): the prompt lists `admissible_actions()`."""
         return None
 
     def snapshot(self) -> Any:

@@ -47,10 +47,22 @@ INSTRUCTIONS = (
 )
 
 
+# The same guidance for compact prompts, which list the admissible actions (less the `go to`s, derivable
+# from the room the first observation describes): the command list is cut to what the list does not say.
+COMPACT_INSTRUCTIONS = (
+    "You are in a household described in text (ALFWorld); the first observation ends with your task. Each turn, "
+    "choose one admissible action. \"move OBJECT to RECEPTACLE\" puts it in or on the receptacle. You must be at a "
+    "receptacle to take from or move to it, and hold an object to heat, cool or clean it. Open closed receptacles "
+    "to see inside. \"Nothing happens.\" means the command cannot be done."
+)
+_GO_TO = "go to "
+
+
 class ALFWorldEnv(Environment):
     """One ALFWorld game at a time on the real engine. See the module docstring."""
 
     instructions = INSTRUCTIONS
+    compact_instructions = COMPACT_INSTRUCTIONS
 
     def __init__(self, max_steps: int = 50, data_dir: str | None = None, test_split: str = "valid_unseen"):
         if max_steps < 1:
@@ -101,6 +113,8 @@ class ALFWorldEnv(Environment):
         self._game = load_game(self._entry.path)
         self._task = task
         observation = self._engine.reset(self._game)
+        # The receptacles the first observation lists: the `go to` targets from the middle of the room.
+        self._room = {c[len(_GO_TO):] for c in self._engine.admissible_commands if c.startswith(_GO_TO)}
         self._steps = 0
         self._done = False
         self._won = False
@@ -147,6 +161,18 @@ class ALFWorldEnv(Environment):
     def admissible_actions(self) -> list[str] | None:
         self._require_reset("admissible_actions")
         return [command for command in self._engine.admissible_commands if command != "help"]
+
+    def compact_actions(self) -> str | None:
+        """The admissible actions with the `go to`s folded into one phrase: they name every receptacle of
+        the room (which the first observation lists) but the one the agent is at."""
+        actions = self.admissible_actions()
+        targets = {a[len(_GO_TO):] for a in actions if a.startswith(_GO_TO)}
+        left_out = sorted(self._room - targets)
+        if not targets <= self._room or len(left_out) > 1:
+            return None  # not the usual shape: the plain list
+        others = [a for a in actions if not a.startswith(_GO_TO)]
+        go = "go to any receptacle of the room" + (f" but {left_out[0]}" if left_out else "")
+        return f"Actions: {', '.join(others)}{', or ' if others else ''}{go}"
 
     def expert_action(self) -> str | None:
         self._require_reset("expert_action")

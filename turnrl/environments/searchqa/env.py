@@ -85,6 +85,13 @@ class SearchQAEnv(Environment):
             "answer, write it inside <answer> </answer> as a short phrase: a name, a year, yes or no. "
             f"You have {max_turns} turns."
         )
+        # Compact prompts: the reply format (`format_hint`, in every prompt) already gives the two tags.
+        fictional = "The knowledge base is fictional: do not answer from memory. " if shipped else ""
+        self.compact_instructions = (
+            f"Answer the question. {fictional}Search as often as you need; the top {top_k} passages come back "
+            f"inside <information> </information>. Answer with a short phrase: a name, a year, yes or no. "
+            f"You have {max_turns} turns."
+        )
         self._question: Question | None = None
 
     # --- the contract ------------------------------------------------------------------------------
@@ -144,6 +151,11 @@ class SearchQAEnv(Environment):
         info = {"success": self._success, "invalid": False, "score": em, "em": em, "f1": f1_score(text, golds),
                 "substring_match": substring_match(text, golds)}
         return StepResult(f"Your answer {text!r} is {verdict}.", em, True, info)
+
+    def compact_observation(self, observation: str) -> str:
+        """The observation without the reply format an invalid response's feedback repeats (every prompt
+        carries it as `format_hint`)."""
+        return observation.replace(f" {FORMAT_HINT}", "")
 
     def admissible_actions(self) -> list[str] | None:
         """A short list of whole responses for `--policy random`: search the question, search or answer

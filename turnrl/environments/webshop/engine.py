@@ -206,6 +206,27 @@ class WebShopEnv(Environment):
                 return f"click[{value}]"
         return "click[buy now]"
 
+    # --- compact prompts (see Environment.compact_observation) -------------------------------------------
+
+    def compact_observation(self, observation: str) -> str:
+        """The observation without the instruction every page repeats (the prompt's task line has it)."""
+        if self.goal is None:
+            return observation
+        return observation.replace(f"Instruction: [SEP] {self.goal.instruction} [SEP] ", "")
+
+    def compact_actions(self) -> str | None:
+        """The page shows every clickable, so the line gives the syntax instead of listing them; the
+        suggested search is the instruction without its price clause, which the task line shows."""
+        if self.goal is None:
+            raise RuntimeError("WebShopEnv: call reset() before compact_actions()")
+        if self.done:
+            return None
+        if self.page == "search":
+            clause = " without its price clause" if self.suggested_query() != self.goal.instruction else ""
+            return f"Actions: search[keywords] (suggested: the instruction{clause})"
+        selected = ' (an option shown "X (selected)" is chosen)' if self.page == "item" else ""
+        return f"Actions: click[X] for X a clickable of this page, in any case{selected}"
+
     def state_key(self) -> str:
         if self.goal is None:
             raise RuntimeError("WebShopEnv: call reset() before state_key()")
