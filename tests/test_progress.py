@@ -17,7 +17,13 @@ def test_plain_lines_when_not_a_terminal():
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("[rollout] 1/3") and "live 12" in lines[0] and "tok s 41.2" in lines[0]
     assert lines[1].startswith("[rollout] 2/3") and "live 5" in lines[1]
-    assert lines[-1].startswith("[rollout] 2/3")   # where the phase ended
+    assert len(lines) == 2   # the last line already said where the phase ended
+    with progress.phase("eval", total=2) as update:
+        update(completed=1)
+        progress.interval = 3600.0
+        update(completed=2)
+        progress.interval = 0.0
+    assert stream.getvalue().splitlines()[-1].startswith("[eval] 2/2")   # where the phase ended
 
 
 def test_quiet_between_intervals_and_when_disabled():

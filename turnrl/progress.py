@@ -54,11 +54,14 @@ class PhaseProgress:
     def _plain_phase(self, name: str, total: int | None):
         start = last = time.perf_counter()
         state: dict = {"completed": 0, "fields": {}}
+        printed: list = [None]   # the (completed, fields) of the last line printed
 
-        def line() -> str:
+        def show() -> None:
             done = f"{state['completed']}/{total}" if total else f"{state['completed']}"
             extra = _fields_text(state["fields"])
-            return f"[{name}] {done}  {time.perf_counter() - start:.0f}s  {extra}".rstrip()
+            print(f"[{name}] {done}  {time.perf_counter() - start:.0f}s  {extra}".rstrip(), file=self.stream,
+                  flush=True)
+            printed[0] = (state["completed"], dict(state["fields"]))
 
         def update(completed=None, **fields):
             nonlocal last
@@ -67,9 +70,10 @@ class PhaseProgress:
             state["fields"].update(fields)
             now = time.perf_counter()
             if now - last >= self.interval:
-                print(line(), file=self.stream, flush=True)
+                show()
                 last = now
 
         yield update
-        if time.perf_counter() - start >= self.interval:   # a long phase also reports where it ended
-            print(line(), file=self.stream, flush=True)
+        # A long phase also reports where it ended, unless its last line already said so.
+        if time.perf_counter() - start >= self.interval and printed[0] != (state["completed"], state["fields"]):
+            show()

@@ -55,6 +55,9 @@ def behaviour_clone(model, tokenizer, dataset, *, output_dir: str | Path, epochs
         per_device_train_batch_size=batch_size, logging_steps=10, save_strategy="no", report_to=[],
         seed=seed, max_length=None, disable_tqdm=not progress, lr_scheduler_type="constant",
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        # TRL turns activation checkpointing on by default: a second forward per step, for memory these
+        # small models do not need (the RL update does not checkpoint either).
+        gradient_checkpointing=False, dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
