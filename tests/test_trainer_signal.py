@@ -129,7 +129,8 @@ def test_dynamic_sampling_stops_at_its_cap(tmp_path, parity_envs):
     trainer = Trainer(_config(tmp_path, env="flat-parity", env_kwargs={}, tasks_per_iteration=2, group_size=2,
                               filter_groups=True, filter_groups_max_draws=3), progress=False)
     episodes, counts = trainer.collect(1)
-    assert counts == {"groups_drawn": 6, "groups_kept": 0, "groups_dropped": 6}
+    assert counts == {"groups_drawn": 6, "groups_kept": 0, "groups_dropped": 6, "drawn_episodes": 12,
+                      "drawn_successes": 0}
     assert episodes == []
     stats = trainer.update([], iteration=1)
     assert stats["optimizer_steps"] == 0

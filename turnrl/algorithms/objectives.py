@@ -29,6 +29,35 @@ def ppo_clip_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float
     return loss, was_clipped
 
 
+def turn_log_ratio(log_ratio: torch.Tensor, turn_index: torch.Tensor) -> torch.Tensor:
+    """Turn-level log importance ratio (ST-PPO's turn-level IS, its Eq. 4 as described in the research notes):
+    every token of a turn holds the mean of `log_ratio` over that turn's tokens, so exp of it is the geometric
+    mean of the turn's token ratios; 0 off agent tokens. Shapes [B, L]; `turn_index` is a long tensor, -1 off
+    agent tokens. A turn is a maximal run of tokens with the same turn index (two turns may be adjacent).
+    Differentiable through the mean: each token's gradient is 1/|turn| of the turn's."""
+    agent = turn_index >= 0
+    starts = torch.ones_like(agent)
+    starts[:, 1:] = turn_index[:, 1:] != turn_index[:, :-1]
+    segment = torch.cumsum(starts.long().flatten(), 0) - 1          # one id per maximal run, over all rows
+    segment = segment.view_as(turn_index)
+    n = int(segment.max()) + 1 if segment.numel() else 0
+    weights = agent.to(log_ratio.dtype)
+    sums = torch.zeros(n, dtype=log_ratio.dtype, device=log_ratio.device).scatter_add(
+        0, segment.flatten(), (log_ratio * weights).flatten())
+    counts = torch.zeros(n, dtype=log_ratio.dtype, device=log_ratio.device).scatter_add(
+        0, segment.flatten(), weights.flatten())
+    means = sums / counts.clamp(min=1)
+    return means[segment] * weights
+
+
+def sequence_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sequence-level log importance ratio (GSPO's length-normalised ratio): every agent token of a row holds
+    the row's mean of `log_ratio` over its agent tokens (`mask` 1), 0 elsewhere. Shapes [B, L]."""
+    weights = mask.to(log_ratio.dtype)
+    means = (log_ratio * weights).sum(-1, keepdim=True) / weights.sum(-1, keepdim=True).clamp(min=1)
+    return means * weights
+
+
 def kl_k3(new_logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ || π_ref)."""
     delta = ref_logprobs - new_logprobs

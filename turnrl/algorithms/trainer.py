@@ -214,11 +214,14 @@ class Trainer:
         generator = self.generator(iteration)
         if not cfg.filter_groups:
             episodes = self.play(self.iteration_tasks(iteration), generator)
-            return episodes, {"groups_drawn": self.local_tasks, "groups_kept": self.local_tasks, "groups_dropped": 0}
+            return episodes, {"groups_drawn": self.local_tasks, "groups_kept": self.local_tasks, "groups_dropped": 0,
+                              "drawn_episodes": len(episodes), "drawn_successes": sum(e.success for e in episodes)}
         kept: list[list[Episode]] = []
-        drawn = dropped = 0
+        drawn = dropped = drawn_episodes = drawn_successes = 0
         for draw in range(cfg.filter_groups_max_draws):
             episodes = self.play(self.iteration_tasks(iteration, draw), generator)
+            drawn_episodes += len(episodes)
+            drawn_successes += sum(e.success for e in episodes)
             for group in _groups(episodes):
                 drawn += 1
                 if len({e.total_reward - e.total_penalty for e in group}) > 1:
@@ -233,7 +236,8 @@ class Trainer:
             for episode in group:
                 episode.group_id = number
                 episodes.append(episode)
-        return episodes, {"groups_drawn": drawn, "groups_kept": len(kept), "groups_dropped": dropped}
+        return episodes, {"groups_drawn": drawn, "groups_kept": len(kept), "groups_dropped": dropped,
+                          "drawn_episodes": drawn_episodes, "drawn_successes": drawn_successes}
 
     def all_processes(self, flag: bool) -> bool:
         """Whether `flag` holds on every process (the same answer everywhere, so processes stay in step)."""
@@ -481,7 +485,11 @@ def write_curves(metrics_file: Path, out_file: Path, evals: dict | None = None) 
     x = [row["iteration"] for row in rows]
     for ax, key in zip(axes.flat, keys):
         values = [row.get(key) for row in rows]
-        ax.plot(x, [float("nan") if v is None else v for v in values], marker="o")
+        ax.plot(x, [float("nan") if v is None else v for v in values], marker="o", label=key)
+        if key == "success_rate" and any(row.get("groups_dropped") for row in rows):   # dynamic sampling
+            ax.plot(x, [row.get("drawn_success_rate", float("nan")) for row in rows], marker="x",
+                    label="drawn_success_rate")
+            ax.legend(fontsize="small")
         ax.set_title(key)
         ax.set_xlabel("iteration")
     ax = axes.flat[-1]
@@ -577,6 +585,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         metrics = {
             "iteration": iteration,
             "success_rate": totals["successes"] / n,
+            # with filter_groups, success_rate is over the kept groups (biased towards 0.5); this is over all drawn
+            "drawn_success_rate": totals["drawn_successes"] / max(totals["drawn_episodes"], 1),
             "mean_return": totals["return_sum"] / n,
             "mean_turns": totals["turns"] / n,
             "invalid_action_rate": totals["invalid_turns"] / max(totals["turns"], 1),
