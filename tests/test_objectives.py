@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turnrl.algorithms.objectives import sequence_log_ratio, turn_log_ratio
+from turnrl.algorithms.objectives import ppo_clip_loss, sequence_log_ratio, turn_log_ratio
 
 
 def test_turn_ratio_by_hand():
@@ -58,3 +58,15 @@ def test_turn_ratio_matches_a_loop_over_runs(rows):
                 expected[b, start:end + 1] = log_ratio[b, start:end + 1].mean()
             start = end + 1
     assert torch.allclose(turn_log_ratio(log_ratio, turns), expected)
+
+
+def test_dual_clip_bounds_negative_advantages():
+    ratio = torch.tensor([5.0, 5.0, 0.5, 1.1])
+    adv = torch.tensor([-1.0, 1.0, -1.0, -1.0])
+    loss, clipped = ppo_clip_loss(ratio, adv, clip_low=0.2, dual_clip=3.0)
+    # A < 0 with a huge ratio: -max(min(rA, clip(r)A), cA) = 3; A > 0 unaffected (clipped at 1.2);
+    # ratio below the range with A < 0 keeps the clipped value 0.8; inside the range: r * A
+    assert torch.allclose(loss, torch.tensor([3.0, -1.2, 0.8, 1.1]))
+    assert clipped.tolist() == [1.0, 1.0, 1.0, 0.0]
+    plain, _ = ppo_clip_loss(ratio, adv, clip_low=0.2)
+    assert plain[0] == 5.0 and torch.equal(plain[1:], loss[1:])

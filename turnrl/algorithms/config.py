@@ -89,7 +89,13 @@ class TrainConfig:
     loss_aggregation: str = _f(
         "episode", "episode: mean over each episode's agent tokens, then over episodes (GRPO's 1/|o| weighting); "
         "token: mean over all agent tokens of the minibatch (DAPO)", choices=("episode", "token"))
-    clip_eps: float = _f(0.2, "PPO clip range epsilon")
+    clip_eps: float = _f(0.2, "PPO clip range epsilon (the lower side, 1 - eps, when clip_eps_high is set)")
+    clip_eps_high: float | None = _f(None, "upper clip range, 1 + eps_high (DAPO's clip-higher; default clip_eps)")
+    dual_clip: float | None = _f(None, "dual-clip constant c > 1: for negative advantages the objective is bounded "
+                                       "below by c * A (default off)")
+    ratio_level: str = _f("token", "importance ratio: token (PPO), turn (ST-PPO/Turn-PPO: geometric mean of the token "
+                                   "ratios of each turn) or sequence (GSPO: of each sample's agent tokens)",
+                          choices=("token", "turn", "sequence"))
     kl_coef: float = _f(0.0, "weight of the k3 KL penalty to the reference policy (0 = off)")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
     advantage_norm: str | None = _f(None, "group normalisation of grpo/gigpo/hgpo: mean_std (default) or mean",
@@ -201,6 +207,10 @@ class TrainConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 < self.clip_eps < 1:
             raise ConfigError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
+        if self.clip_eps_high is not None and self.clip_eps_high <= 0:
+            raise ConfigError(f"clip_eps_high must be > 0, got {self.clip_eps_high}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ConfigError(f"dual_clip must be > 1 (a lower bound c * A for negative advantages), got {self.dual_clip}")
         if self.kl_coef < 0 or self.learning_rate <= 0:
             raise ConfigError("kl_coef must be >= 0 and learning_rate > 0")
         return self

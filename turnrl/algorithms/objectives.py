@@ -19,14 +19,28 @@ def token_ratio(new_logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch
 
 
 def ppo_clip_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float = 0.2,
-                  clip_high: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token clipped surrogate loss and a 0/1 tensor marking tokens where the clip was active."""
+                  clip_high: float | None = None, dual_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token clipped surrogate loss and a 0/1 tensor marking tokens where a clip was active.
+
+    `dual_clip` c > 1 (Ye et al. 2020, "Mastering Complex Control in MOBA Games", Eq. 5): for negative
+    advantages the objective is also bounded below by c * A, so a huge ratio on a bad action cannot
+    dominate the gradient."""
     clip_high = clip_low if clip_high is None else clip_high
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
-    loss = -torch.minimum(unclipped, clipped)
-    was_clipped = (clipped < unclipped).float()
-    return loss, was_clipped
+    objective = torch.minimum(unclipped, clipped)
+    was_clipped = clipped < unclipped
+    if dual_clip is not None:
+        floor = dual_clip * advantages
+        lower = (advantages < 0) & (objective < floor)
+        objective = torch.where(lower, floor, objective)
+        was_clipped = was_clipped | lower
+    return -objective, was_clipped.float()
+
+
+def token_log_ratio(log_ratio: torch.Tensor, turn_index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-level PPO: each token's own log ratio (the signature every ratio level shares)."""
+    return log_ratio * mask
 
 
 def turn_log_ratio(log_ratio: torch.Tensor, turn_index: torch.Tensor) -> torch.Tensor:
@@ -56,6 +70,14 @@ def sequence_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     weights = mask.to(log_ratio.dtype)
     means = (log_ratio * weights).sum(-1, keepdim=True) / weights.sum(-1, keepdim=True).clamp(min=1)
     return means * weights
+
+
+# `ratio_level` -> f(log_ratio, turn_index, mask): the per-token log ratio the clipped surrogate sees.
+RATIO_LEVELS = {
+    "token": token_log_ratio,
+    "turn": lambda log_ratio, turn_index, mask: turn_log_ratio(log_ratio, turn_index),
+    "sequence": lambda log_ratio, turn_index, mask: sequence_log_ratio(log_ratio, mask),
+}
 
 
 def kl_k3(new_logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from turnrl.algorithms.advantages import (
     rloo_advantages,
 )
 from turnrl.algorithms.config import TrainConfig
-from turnrl.algorithms.objectives import kl_k3, ppo_clip_loss, token_ratio
+from turnrl.algorithms.objectives import RATIO_LEVELS, kl_k3, ppo_clip_loss
 from turnrl.algorithms.sft import behaviour_clone, demonstration_dataset, demonstration_tasks, expert_demonstrations
 from turnrl.environments import load_env_module, make_env
 from turnrl.episode import Episode, Sample, episode_samples, summarize
@@ -113,22 +114,38 @@ def _groups(episodes: list[Episode]) -> list[list[Episode]]:
     return list(groups.values())
 
 
-def _batch_tensors(samples: list[Sample], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Right-padded tensors, aligned so that position i describes token i + 1 (what log-probs score)."""
+@dataclass
+class TrainBatch:
+    """Right-padded tensors of a micro-batch, aligned so that position i describes token i + 1 (what log-probs
+    score): the ids and attention of the sequences, then per scored token the loss mask, the turn index (-1
+    off agent tokens), the behaviour log-prob, the advantage and the loss weight."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    turn_index: torch.Tensor
+    behaviour: torch.Tensor
+    advantages: torch.Tensor
+    weights: torch.Tensor
+
+
+def make_batch(samples: list[Sample], token_weights: list[float], pad_id: int, device) -> TrainBatch:
     ids, attention = pad_right([s.token_ids for s in samples], pad_id)
 
-    def per_token(name: str, dtype) -> torch.Tensor:
-        out = torch.zeros(ids.shape, dtype=dtype)
+    def per_token(name: str, dtype, fill=0) -> torch.Tensor:
+        out = torch.full(ids.shape, fill, dtype=dtype)
         for row, sample in enumerate(samples):
             values = getattr(sample, name)
             out[row, : len(values)] = torch.tensor(values, dtype=dtype)
         return out[:, 1:].to(device)
 
-    return {
-        "input_ids": ids.to(device), "attention_mask": attention.to(device),
-        "loss_mask": per_token("loss_mask", torch.float32), "behaviour": per_token("behaviour_logprobs", torch.float32),
-        "advantages": per_token("advantages", torch.float32),
-    }
+    loss_mask = per_token("loss_mask", torch.float32)
+    return TrainBatch(
+        input_ids=ids.to(device), attention_mask=attention.to(device), loss_mask=loss_mask,
+        turn_index=per_token("turn_index", torch.long, fill=-1), behaviour=per_token("behaviour_logprobs", torch.float32),
+        advantages=per_token("advantages", torch.float32),
+        weights=loss_mask * torch.tensor(token_weights, dtype=torch.float32, device=device)[:, None],
+    )
 
 
 class Trainer:
@@ -175,6 +192,7 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.phases = PhaseProgress(enabled=self.progress)
         self.skip_zero_signal = True   # tests turn it off to check that skipping changes nothing
+        self.log_ratio = RATIO_LEVELS[config.ratio_level]   # token, turn (ST-PPO) or sequence (GSPO) ratios
 
     # -- one iteration's pieces -------------------------------------------------------------------
 
@@ -247,12 +265,12 @@ class Trainer:
         return float(self.accelerator.reduce(value, reduction="sum")) == 0.0
 
     @torch.no_grad()
-    def reference_logprobs(self, batch: dict) -> torch.Tensor:
+    def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         temperature = self.policy.logprob_temperature
         if self.config.lora:
             with self.accelerator.unwrap_model(self.model).disable_adapter():
-                return token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], temperature)
-        return token_logprobs(self.reference, batch["input_ids"], batch["attention_mask"], temperature)
+                return token_logprobs(self.model, batch.input_ids, batch.attention_mask, temperature)
+        return token_logprobs(self.reference, batch.input_ids, batch.attention_mask, temperature)
 
     def token_weight(self, sample: Sample) -> float:
         """Loss weight of each agent token of a sample: 1 (token mean) or 1 / the episode's agent tokens."""
@@ -311,17 +329,18 @@ class Trainer:
                     micro_batches = [active[i: i + cfg.micro_batch_size]
                                      for i in range(0, len(active), cfg.micro_batch_size)]
                     for index, micro in enumerate(micro_batches):
-                        batch = _batch_tensors(micro, self.policy.pad_id, acc.device)
-                        mask = batch["loss_mask"]
-                        weights = mask * torch.tensor([self.token_weight(s) for s in micro], device=acc.device)[:, None]
-                        new = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"],
+                        batch = make_batch(micro, [self.token_weight(s) for s in micro], self.policy.pad_id,
+                                           acc.device)
+                        mask = batch.loss_mask
+                        new = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
                                              self.policy.logprob_temperature)
-                        ratio = token_ratio(new, batch["behaviour"])
-                        loss_tokens, clipped = ppo_clip_loss(ratio, batch["advantages"], cfg.clip_eps)
-                        loss = (loss_tokens * weights).sum() / minibatch_weight
+                        ratio = torch.exp(self.log_ratio(new - batch.behaviour, batch.turn_index, mask))
+                        loss_tokens, clipped = ppo_clip_loss(ratio, batch.advantages, cfg.clip_eps, cfg.clip_eps_high,
+                                                             cfg.dual_clip)
+                        loss = (loss_tokens * batch.weights).sum() / minibatch_weight
                         if cfg.kl_coef > 0:
                             kl = kl_k3(new, self.reference_logprobs(batch))
-                            loss = loss + cfg.kl_coef * (kl * weights).sum() / minibatch_weight
+                            loss = loss + cfg.kl_coef * (kl * batch.weights).sum() / minibatch_weight
                             stats["kl"] += float((kl.detach() * mask).sum())
                         if index < len(micro_batches) - 1:
                             with acc.no_sync(self.model):
@@ -331,7 +350,7 @@ class Trainer:
                         with torch.no_grad():
                             on = mask.bool()
                             if first_update:   # nothing has been updated yet: generation and training must agree
-                                diff = float((new - batch["behaviour"]).abs()[on].max())
+                                diff = float((new - batch.behaviour).abs()[on].max())
                                 stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"] or 0.0, diff)
                             stats["loss"] += float((loss_tokens * mask).sum())
                             stats["clip_fraction"] += float(clipped[on].sum())

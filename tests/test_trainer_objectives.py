@@ -1,0 +1,82 @@
+"""The objective inside `Trainer.update`: the ratio level chosen once from the config, equivalences that a
+refactor must keep (turn ratio = token ratio when every turn is one token; micro-batches 1 x 8 = 8 x 1),
+and the clip settings checked before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from turnrl.algorithms.config import ConfigError, load_config
+from turnrl.algorithms.objectives import RATIO_LEVELS
+from turnrl.algorithms.trainer import Trainer, make_batch
+from turnrl.episode import Sample
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _config(tmp_path, **overrides):
+    values = {"env": "lights", "env_kwargs": {"n_lamps": 1}, "model": "tiny", "tasks_per_iteration": 1,
+              "group_size": 2, "minibatch_size": 8, "micro_batch_size": 4, "learning_rate": 1e-3,
+              "output_dir": str(tmp_path / "run")}
+    values.update(overrides)
+    return load_config(None, values)
+
+
+def _samples(one_token_turns: bool, n: int = 8, length: int = 14) -> list[Sample]:
+    samples = []
+    for i in range(n):
+        ids = [(5 * i + 7 * t) % 60 + 5 for t in range(length)]
+        prompt = 6
+        agent = length - prompt
+        turns = list(range(agent)) if one_token_turns else [0] * (agent // 2) + [1] * (agent - agent // 2)
+        behaviour = [0.0] * prompt + [-4.0 + 0.1 * t for t in range(agent)]
+        samples.append(Sample(ids, [0] * prompt + [1] * agent, [-1] * prompt + turns, behaviour,
+                              [0.0] * prompt + [1.0 if i % 2 else -0.5] * agent, i, agent))
+    return samples
+
+
+def _update(tmp_path, samples, **overrides):
+    trainer = Trainer(_config(tmp_path, **overrides), progress=False)
+    stats = trainer.update(samples, iteration=1)
+    return stats, torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+def test_the_ratio_level_is_chosen_once(tmp_path):
+    for level in ("token", "turn", "sequence"):
+        trainer = Trainer(_config(tmp_path, ratio_level=level), progress=False)
+        assert trainer.log_ratio is RATIO_LEVELS[level]
+
+
+def test_turn_ratio_equals_token_ratio_when_every_turn_is_one_token(tmp_path):
+    samples = _samples(one_token_turns=True)
+    token_stats, token_weights = _update(tmp_path, samples, ratio_level="token")
+    turn_stats, turn_weights = _update(tmp_path, samples, ratio_level="turn")
+    assert token_stats["loss"] == pytest.approx(turn_stats["loss"], abs=1e-7)
+    assert torch.allclose(token_weights, turn_weights, atol=1e-7)
+    _, seq_weights = _update(tmp_path, _samples(one_token_turns=False), ratio_level="sequence")
+    _, multi_weights = _update(tmp_path, _samples(one_token_turns=False), ratio_level="turn")
+    assert not torch.allclose(seq_weights, multi_weights)   # two turns per sample: the levels differ
+
+
+def test_micro_batches_accumulate_to_the_same_update(tmp_path):
+    samples = _samples(one_token_turns=False)
+    one_stats, one = _update(tmp_path, samples, micro_batch_size=1, ratio_level="turn")
+    eight_stats, eight = _update(tmp_path, samples, micro_batch_size=8, ratio_level="turn")
+    assert one_stats["loss"] == pytest.approx(eight_stats["loss"], abs=1e-6)
+    assert torch.allclose(one, eight, atol=1e-6)
+
+
+def test_make_batch_carries_turn_index_and_weights():
+    batch = make_batch(_samples(one_token_turns=False, n=2, length=8), [0.5, 2.0], pad_id=0, device="cpu")
+    assert batch.turn_index.shape == batch.loss_mask.shape == (2, 7)
+    assert batch.turn_index[0].tolist() == [-1] * 5 + [0, 1]
+    assert batch.weights[1].tolist() == [0.0] * 5 + [2.0, 2.0]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"dual_clip": 1.0}, "dual_clip must be > 1"), ({"clip_eps_high": 0}, "clip_eps_high must be > 0"),
+    ({"ratio_level": "step"}, "ratio_level: 'step' is not one of token, turn, sequence")])
+def test_clip_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
