@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from turnrl.algorithms.config import ConfigError, load_config
-from turnrl.algorithms.objectives import RATIO_LEVELS
+from turnrl.algorithms.objectives import RATIO_LEVELS, ppo_clip_loss
 from turnrl.algorithms.trainer import Trainer, make_batch
 from turnrl.episode import Sample
 
@@ -76,7 +76,67 @@ def test_make_batch_carries_turn_index_and_weights():
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"dual_clip": 1.0}, "dual_clip must be > 1"), ({"clip_eps_high": 0}, "clip_eps_high must be > 0"),
-    ({"ratio_level": "step"}, "ratio_level: 'step' is not one of token, turn, sequence")])
+    ({"ratio_level": "step"}, "ratio_level: 'step' is not one of token, turn, sequence"),
+    ({"clip_bias_tau": 2.0}, "clip_bias_tau applies with clip_bias_norm: true only"),
+    ({"clip_bias_norm": True, "clip_bias_tau": 0.0}, "clip_bias_tau must be > 0")])
 def test_clip_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def _off_policy_samples(n=4, length=12):
+    """Behaviour log-probs far from the model's, so that many tokens are clipped."""
+    samples = _samples(one_token_turns=False, n=n, length=length)
+    for i, sample in enumerate(samples):
+        sample.behaviour_logprobs = [0.0 if m == 0 else (-9.0 if (i + t) % 2 else -1.0)
+                                     for t, m in enumerate(sample.loss_mask)]
+    return samples
+
+
+def test_clip_bias_norm_with_a_huge_tau_is_plain_ppo_exactly(tmp_path):
+    samples = _off_policy_samples()
+    plain_stats, plain = _update(tmp_path, samples)
+    on_stats, on = _update(tmp_path, samples, clip_bias_norm=True, clip_bias_tau=1e12)
+    assert torch.equal(plain, on)
+    assert on_stats["clip_fraction"] > 0.2 and on_stats["clip_bias_norm_max"] > 0
+    assert "clip_bias_norm_max" not in plain_stats
+
+
+def test_clip_bias_norm_equals_a_per_token_brute_force(tmp_path):
+    """‖C‖ accumulated over micro-batches = the norm of Σ over clipped tokens of w_t Â_t weight_t ∇log π(y_t),
+    each token's gradient taken on its own."""
+    from turnrl.agents.policy import token_logprobs
+
+    samples = _off_policy_samples(n=4)
+    config = _config(tmp_path, clip_bias_norm=True, micro_batch_size=2, minibatch_size=4)
+    trainer = Trainer(config, progress=False)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    weights = [trainer.token_weight(s) for s in samples]
+    batch = make_batch(samples, weights, trainer.policy.pad_id, "cpu")
+    normaliser = float(sum(w * sum(s.loss_mask) for w, s in zip(weights, samples)))
+    new = token_logprobs(trainer.model, batch.input_ids, batch.attention_mask)
+    ratio = torch.exp((new - batch.behaviour) * batch.loss_mask)
+    _, clipped = ppo_clip_loss(ratio, batch.advantages, config.clip_eps)
+    total = [torch.zeros_like(p) for p in params]
+    for b, t in clipped.nonzero().tolist():
+        grads = torch.autograd.grad(new[b, t], params, retain_graph=True, allow_unused=True)
+        coef = float((ratio[b, t] * batch.advantages[b, t] * batch.weights[b, t]).detach()) / normaliser
+        total = [acc + coef * (torch.zeros_like(p) if g is None else g) for acc, p, g in zip(total, params, grads)]
+    brute = float(torch.cat([g.flatten() for g in total]).norm())
+    stats = trainer.update(samples, iteration=1)
+    assert stats["optimizer_steps"] == 1 and brute > 0
+    assert stats["clip_bias_norm_max"] == pytest.approx(brute, rel=1e-4)
+
+
+def test_the_normaliser_scales_the_gradient_by_tau_over_the_norm():
+    from accelerate import Accelerator
+
+    from turnrl.algorithms.trainer import ClipBiasNormaliser
+
+    weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    weight.grad = torch.tensor([0.5, -1.0])
+    normaliser = ClipBiasNormaliser([weight], tau=1.0, accelerator=Accelerator(cpu=True))
+    normaliser.accumulate((weight * torch.tensor([3.0, 4.0])).sum())      # C = (3, 4), |C| = 5
+    assert normaliser.scale_gradients() == pytest.approx(5.0)
+    assert torch.allclose(weight.grad, torch.tensor([0.1, -0.2]))
+    assert normaliser.scale_gradients() == 0.0                            # nothing accumulated since

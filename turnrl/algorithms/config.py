@@ -93,6 +93,10 @@ class TrainConfig:
     clip_eps_high: float | None = _f(None, "upper clip range, 1 + eps_high (DAPO's clip-higher; default clip_eps)")
     dual_clip: float | None = _f(None, "dual-clip constant c > 1: for negative advantages the objective is bounded "
                                        "below by c * A (default off)")
+    clip_bias_norm: bool = _f(False, "S-PPO/ST-PPO clipping-bias normalisation: scale each step's policy gradient by "
+                                     "1 / max(1, |C| / clip_bias_tau), C the gradient clipping removed (an extra "
+                                     "backward per micro-batch; |C| logged as clip_bias_norm_mean/max)")
+    clip_bias_tau: float | None = _f(None, "clip_bias_norm: the |C| above which the gradient is scaled down (default 1)")
     ratio_level: str = _f("token", "importance ratio: token (PPO), turn (ST-PPO/Turn-PPO: geometric mean of the token "
                                    "ratios of each turn) or sequence (GSPO: of each sample's agent tokens)",
                           choices=("token", "turn", "sequence"))
@@ -164,6 +168,10 @@ class TrainConfig:
                               "prompt is fresh)")
         if self.context == "full" and self.cross_turn_cache is None:
             self.cross_turn_cache = True
+        if not self.clip_bias_norm and self.clip_bias_tau is not None:
+            raise ConfigError("clip_bias_tau applies with clip_bias_norm: true only")
+        if self.clip_bias_norm and self.clip_bias_tau is None:
+            self.clip_bias_tau = 1.0
         if not self.filter_groups and self.filter_groups_max_draws is not None:
             raise ConfigError("filter_groups_max_draws applies with filter_groups: true only")
         if self.filter_groups and self.filter_groups_max_draws is None:
@@ -209,6 +217,8 @@ class TrainConfig:
             raise ConfigError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
         if self.clip_eps_high is not None and self.clip_eps_high <= 0:
             raise ConfigError(f"clip_eps_high must be > 0, got {self.clip_eps_high}")
+        if self.clip_bias_norm and self.clip_bias_tau <= 0:
+            raise ConfigError(f"clip_bias_tau must be > 0, got {self.clip_bias_tau}")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ConfigError(f"dual_clip must be > 1 (a lower bound c * A for negative advantages), got {self.dual_clip}")
         if self.kl_coef < 0 or self.learning_rate <= 0:

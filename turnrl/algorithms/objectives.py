@@ -80,6 +80,23 @@ RATIO_LEVELS = {
 }
 
 
+def clip_bias_loss(ratio: torch.Tensor, advantages: torch.Tensor, clipped: torch.Tensor,
+                   weights: torch.Tensor) -> torch.Tensor:
+    """L_C with ∇L_C = C(θ), ST-PPO's clipping bias (Lemma 4.2 as described in the research notes): the part of
+    the importance-sampled policy gradient that clipping zeroes out, Σ 1{clipped} · w · sg(Â) · weight. Since
+    ∇w = w ∇log π, its gradient is Σ 1{clipped} w Â ∇log π. The clip mask and advantages are constants."""
+    return (clipped.detach() * ratio * advantages.detach() * weights).sum()
+
+
+def clip_bias_scale(c_norm: float, tau: float = 1.0) -> float:
+    """The factor applied to the policy gradient given ‖C(θ)‖: 1 / max(1, ‖C‖ / τ).
+
+    ST-PPO's Eq. 7-8 divide the gradient by a function of ‖C‖ that could not be read (research notes §1.4);
+    this is the reconstruction the notes call safe: nothing changes until the clipping bias exceeds τ, then the
+    gradient is scaled down in proportion ("clipping-triggered normalisation" in the paper's v2)."""
+    return 1.0 / max(1.0, c_norm / tau)
+
+
 def kl_k3(new_logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ || π_ref)."""
     delta = ref_logprobs - new_logprobs

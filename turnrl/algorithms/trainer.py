@@ -38,7 +38,7 @@ from turnrl.algorithms.advantages import (
     rloo_advantages,
 )
 from turnrl.algorithms.config import TrainConfig
-from turnrl.algorithms.objectives import RATIO_LEVELS, kl_k3, ppo_clip_loss
+from turnrl.algorithms.objectives import RATIO_LEVELS, clip_bias_loss, clip_bias_scale, kl_k3, ppo_clip_loss
 from turnrl.algorithms.sft import behaviour_clone, demonstration_dataset, demonstration_tasks, expert_demonstrations
 from turnrl.environments import load_env_module, make_env
 from turnrl.episode import Episode, Sample, episode_samples, summarize
@@ -148,6 +148,50 @@ def make_batch(samples: list[Sample], token_weights: list[float], pad_id: int, d
     )
 
 
+class ClipBiasNormaliser:
+    """S-PPO/ST-PPO clipping-bias normalisation: accumulates C(θ), the gradient of `clip_bias_loss` over a
+    minibatch's micro-batches (one extra backward each), then scales the policy gradient by
+    `clip_bias_scale(‖C‖, τ)` before gradient clipping and the optimizer step. Under several processes the C
+    gradients are summed across processes first, like the policy gradient. (With AdamW a constant scale
+    mostly cancels; what acts is the scale's change from step to step against Adam's running moments.)"""
+
+    def __init__(self, params: list[torch.nn.Parameter], tau: float, accelerator: Accelerator):
+        self.params, self.tau, self.accelerator = params, tau, accelerator
+        self.buffer: list[torch.Tensor] | None = None
+
+    def accumulate(self, loss_c: torch.Tensor) -> None:
+        grads = torch.autograd.grad(loss_c, self.params, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+        self.buffer = grads if self.buffer is None else [b + g for b, g in zip(self.buffer, grads)]
+
+    def scale_gradients(self) -> float:
+        """Scale the accumulated policy gradient; returns ‖C‖ (0 when nothing was accumulated)."""
+        if self.buffer is None and self.accelerator.num_processes == 1:
+            return 0.0
+        buffer = self.buffer or [torch.zeros_like(p) for p in self.params]   # no signal here: 0, but stay in step
+        flat = torch.cat([b.flatten() for b in buffer])
+        if self.accelerator.num_processes > 1:
+            flat = self.accelerator.reduce(flat, reduction="sum")
+        norm = float(flat.norm())
+        scale = clip_bias_scale(norm, self.tau)
+        if scale != 1.0:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        self.buffer = None
+        return norm
+
+
+class NoClipBias:
+    """clip_bias_norm off: nothing to accumulate, the gradient as it is."""
+
+    def accumulate(self, loss_c: torch.Tensor) -> None:
+        pass
+
+    def scale_gradients(self) -> float | None:
+        return None
+
+
 class Trainer:
     """Holds what the loop needs between iterations; `train()` below is the loop."""
 
@@ -193,6 +237,9 @@ class Trainer:
         self.phases = PhaseProgress(enabled=self.progress)
         self.skip_zero_signal = True   # tests turn it off to check that skipping changes nothing
         self.log_ratio = RATIO_LEVELS[config.ratio_level]   # token, turn (ST-PPO) or sequence (GSPO) ratios
+        self.clip_bias = (ClipBiasNormaliser([p for p in self.model.parameters() if p.requires_grad],
+                                             config.clip_bias_tau, self.accelerator)
+                          if config.clip_bias_norm else NoClipBias())
 
     # -- one iteration's pieces -------------------------------------------------------------------
 
@@ -306,6 +353,7 @@ class Trainer:
         stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "ratio_mean": 0.0, "ratio_min": float("inf"),
                  "ratio_max": 0.0, "logprob_max_abs_diff": None}
         agent_tokens = computed_tokens = skipped = steps = 0
+        clip_bias_norms: list[float] = []
         first_update = True
         n_minibatches = self.minibatch_count(len(samples))
         signal = [self.has_signal(s) or not self.skip_zero_signal for s in samples]
@@ -338,6 +386,8 @@ class Trainer:
                         loss_tokens, clipped = ppo_clip_loss(ratio, batch.advantages, cfg.clip_eps, cfg.clip_eps_high,
                                                              cfg.dual_clip)
                         loss = (loss_tokens * batch.weights).sum() / minibatch_weight
+                        self.clip_bias.accumulate(clip_bias_loss(ratio, batch.advantages, clipped, batch.weights)
+                                                  / minibatch_weight)
                         if cfg.kl_coef > 0:
                             kl = kl_k3(new, self.reference_logprobs(batch))
                             loss = loss + cfg.kl_coef * (kl * batch.weights).sum() / minibatch_weight
@@ -358,6 +408,9 @@ class Trainer:
                             stats["ratio_min"] = min(stats["ratio_min"], float(ratio[on].min()))
                             stats["ratio_max"] = max(stats["ratio_max"], float(ratio[on].max()))
                         computed_tokens += int(mask.sum())
+                    c_norm = self.clip_bias.scale_gradients()
+                    if c_norm is not None:
+                        clip_bias_norms.append(c_norm)
                     if cfg.max_grad_norm > 0:
                         acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     self.optimizer.step()
@@ -373,6 +426,9 @@ class Trainer:
         if stats["ratio_min"] == float("inf"):
             stats["ratio_min"] = 0.0
         stats.update(train_tokens=computed_tokens, skipped_samples=skipped, optimizer_steps=steps)
+        if self.config.clip_bias_norm:   # ‖C(θ)‖ of each optimizer step: its mean and largest value
+            stats.update(clip_bias_norm_mean=sum(clip_bias_norms) / max(len(clip_bias_norms), 1),
+                         clip_bias_norm_max=max(clip_bias_norms, default=0.0))
         return stats
 
     def evaluate(self, phase: str) -> dict:
