@@ -140,3 +140,17 @@ def test_the_normaliser_scales_the_gradient_by_tau_over_the_norm():
     assert normaliser.scale_gradients() == pytest.approx(5.0)
     assert torch.allclose(weight.grad, torch.tensor([0.1, -0.2]))
     assert normaliser.scale_gradients() == 0.0                            # nothing accumulated since
+
+
+@pytest.mark.slow
+def test_turn_ratio_with_clip_bias_norm_through_train(tmp_path):
+    import json
+
+    from turnrl.algorithms.trainer import train
+
+    config = _config(tmp_path, ratio_level="turn", clip_bias_norm=True, iterations=2, tasks_per_iteration=2,
+                     group_size=2, max_turns=2, max_new_tokens=6, checkpoint_every=0, invalid_penalty=0.3)
+    rows = [json.loads(line) for line in (train(config, progress=False) / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["clip_bias_norm_max"] >= row["clip_bias_norm_mean"] >= 0.0
