@@ -3,6 +3,7 @@ index (observation tokens between turns, adjacent turns, rows of several turns),
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -70,3 +71,23 @@ def test_dual_clip_bounds_negative_advantages():
     assert clipped.tolist() == [1.0, 1.0, 1.0, 0.0]
     plain, _ = ppo_clip_loss(ratio, adv, clip_low=0.2)
     assert plain[0] == 5.0 and torch.equal(plain[1:], loss[1:])
+
+
+def test_turn_gae_by_hand():
+    from turnrl.algorithms.advantages import turn_gae
+
+    # gamma 0.9, lambda 0.5; V = (0.5, 0.2, 0.4), rewards (0, 0, 1), episode ended (V_3 = 0)
+    advantages, targets = turn_gae([0.0, 0.0, 1.0], [0.5, 0.2, 0.4], gamma=0.9, lam=0.5)
+    d2 = 1.0 - 0.4
+    d1 = 0.0 + 0.9 * 0.4 - 0.2
+    d0 = 0.0 + 0.9 * 0.2 - 0.5
+    a2 = d2
+    a1 = d1 + 0.45 * a2
+    a0 = d0 + 0.45 * a1
+    assert advantages == pytest.approx([a0, a1, a2])
+    assert targets == pytest.approx([a0 + 0.5, a1 + 0.2, a2 + 0.4])
+    # lambda 1, gamma 1: the advantage is the return to go minus the value
+    adv, _ = turn_gae([1.0, 2.0], [0.5, 0.25], last_value=1.0)
+    assert adv == pytest.approx([1 + 2 + 1 - 0.5, 2 + 1 - 0.25])
+    with pytest.raises(ValueError, match="2 rewards for 1 values"):
+        turn_gae([1.0, 2.0], [0.5])

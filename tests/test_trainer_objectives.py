@@ -154,3 +154,16 @@ def test_turn_ratio_with_clip_bias_norm_through_train(tmp_path):
     assert [row["iteration"] for row in rows] == [1, 2]
     for row in rows:
         assert row["clip_bias_norm_max"] >= row["clip_bias_norm_mean"] >= 0.0
+
+
+def test_ratio_tail_statistics(tmp_path):
+    from turnrl.algorithms.trainer import ratio_tail
+
+    tail = ratio_tail(torch.tensor([0.5] + [1.0] * 98 + [4.0]))
+    assert tail["ratio_p50"] == 1.0 and tail["ratio_p1"] < 1.0 < tail["ratio_p99"] <= 4.0
+    assert 0.0 < tail["abs_log_ratio_p99"] <= float(torch.tensor(4.0).log())
+    stats, _ = _update(tmp_path, _off_policy_samples())
+    assert stats["ratio_p1"] <= stats["ratio_p50"] <= stats["ratio_p99"]
+    assert stats["ratio_min"] <= stats["ratio_p1"] and stats["ratio_p99"] <= stats["ratio_max"]
+    empty, _ = _update(tmp_path, [])
+    assert empty["ratio_p99"] is None

@@ -81,6 +81,24 @@ def discounted_step_returns(rewards: list[float], gamma: float, penalties: list[
     return returns
 
 
+def turn_gae(rewards: list[float], values: list[float], *, gamma: float = 1.0, lam: float = 1.0,
+             last_value: float = 0.0) -> tuple[list[float], list[float]]:
+    """GAE over the turns of one episode (Schulman et al. 2016, Eq. 16, with turns as the time steps, as the
+    ST-PPO notes describe their turn-level critic): δ_k = r_k + γ V_{k+1} − V_k with V_K = `last_value` (0 for an
+    episode that ended, the critic's value of the next state for one that was cut), A_k = Σ_j (γλ)^j δ_{k+j}.
+    Returns (advantages, value targets A_k + V_k), one per turn."""
+    if len(rewards) != len(values):
+        raise ValueError(f"{len(rewards)} rewards for {len(values)} values")
+    advantages = [0.0] * len(rewards)
+    running, next_value = 0.0, last_value
+    for k in reversed(range(len(rewards))):
+        delta = rewards[k] + gamma * next_value - values[k]
+        running = delta + gamma * lam * running
+        advantages[k] = running
+        next_value = values[k]
+    return advantages, [a + v for a, v in zip(advantages, values)]
+
+
 def _check_episodes(observations: list[list], rewards: list[list[float]], group_ids: list,
                     penalties: list[list[float]] | None) -> None:
     if not len(observations) == len(rewards) == len(group_ids):

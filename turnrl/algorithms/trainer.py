@@ -106,6 +106,17 @@ def step_group_metrics(counts: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
+RATIO_TAIL_KEYS = ("ratio_p1", "ratio_p50", "ratio_p99", "abs_log_ratio_p99")
+
+
+def ratio_tail(ratios: torch.Tensor) -> dict[str, float]:
+    """Percentiles of the importance ratios an update used (over agent tokens, every epoch), and the p99 of
+    |log ratio|: where off-policy drift shows first."""
+    q = torch.quantile(ratios.double(), torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64))
+    abs_log = torch.quantile(ratios.double().log().abs(), 0.99)
+    return dict(zip(RATIO_TAIL_KEYS, [float(v) for v in q] + [float(abs_log)]))
+
+
 def _groups(episodes: list[Episode]) -> list[list[Episode]]:
     """Episodes by group id, in order of first appearance."""
     groups: dict[int, list[Episode]] = {}
@@ -354,6 +365,7 @@ class Trainer:
                  "ratio_max": 0.0, "logprob_max_abs_diff": None}
         agent_tokens = computed_tokens = skipped = steps = 0
         clip_bias_norms: list[float] = []
+        ratios: list[torch.Tensor] = []   # the ratios the objective saw, for the tail statistics
         first_update = True
         n_minibatches = self.minibatch_count(len(samples))
         signal = [self.has_signal(s) or not self.skip_zero_signal for s in samples]
@@ -407,6 +419,7 @@ class Trainer:
                             stats["ratio_mean"] += float(ratio[on].sum())
                             stats["ratio_min"] = min(stats["ratio_min"], float(ratio[on].min()))
                             stats["ratio_max"] = max(stats["ratio_max"], float(ratio[on].max()))
+                            ratios.append(ratio[on].detach().float().cpu())
                         computed_tokens += int(mask.sum())
                     c_norm = self.clip_bias.scale_gradients()
                     if c_norm is not None:
@@ -425,6 +438,7 @@ class Trainer:
             stats[key] /= max(computed_tokens, 1)
         if stats["ratio_min"] == float("inf"):
             stats["ratio_min"] = 0.0
+        stats.update(ratio_tail(torch.cat(ratios)) if ratios else dict.fromkeys(RATIO_TAIL_KEYS))
         stats.update(train_tokens=computed_tokens, skipped_samples=skipped, optimizer_steps=steps)
         if self.config.clip_bias_norm:   # ‖C(θ)‖ of each optimizer step: its mean and largest value
             stats.update(clip_bias_norm_mean=sum(clip_bias_norms) / max(len(clip_bias_norms), 1),
