@@ -167,3 +167,20 @@ def test_ratio_tail_statistics(tmp_path):
     assert stats["ratio_min"] <= stats["ratio_p1"] and stats["ratio_p99"] <= stats["ratio_max"]
     empty, _ = _update(tmp_path, [])
     assert empty["ratio_p99"] is None
+
+
+def test_group_identity_and_policy_version_survive_mixing(tmp_path):
+    from turnrl.algorithms.trainer import episode_turn_advantages
+    from turnrl.episode import episode_samples
+
+    trainer = Trainer(_config(tmp_path, tasks_per_iteration=2, group_size=2, max_turns=1, max_new_tokens=4),
+                      progress=False)
+    third, _ = trainer.collect(3)
+    first, _ = trainer.collect(1)
+    assert {e.group_id for e in third} == {(3, 0, 0), (3, 0, 1)} and {e.policy_version for e in third} == {2}
+    mixed = third + first   # same indices, different iterations: four groups, not two
+    assert len({e.group_id for e in mixed}) == 4
+    advantages = episode_turn_advantages(trainer.config, mixed)
+    assert len(advantages) == len(mixed) == 8
+    samples = [s for i, (e, a) in enumerate(zip(mixed, advantages)) for s in episode_samples(e, a, i)]
+    assert [s.policy_version for s in samples] == [2] * 4 + [0] * 4

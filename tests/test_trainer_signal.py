@@ -120,7 +120,8 @@ def test_dynamic_sampling_keeps_informative_groups(tmp_path, parity_envs):
     groups = {}
     for episode in episodes:
         groups.setdefault(episode.group_id, []).append(episode.total_reward)
-    assert sorted(groups) == [0, 1, 2]
+    assert sorted(groups) == [(1, 0, 0), (1, 0, 1), (1, 0, 2)]   # (iteration, process, index)
+    assert {e.policy_version for e in episodes} == {0}
     assert all(len(set(returns)) > 1 and len(returns) == 2 for returns in groups.values())
     assert all(e.task < 100 for e in episodes)
 

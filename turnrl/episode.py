@@ -46,11 +46,14 @@ class Episode:
     env: str
     task: Any
     seed: Any
-    group_id: int
+    group_id: Any                           # rollouts number groups 0..n-1; the trainer makes it
+                                            # (iteration, process, index), so groups of different
+                                            # iterations or processes never merge when data is mixed
     context: str                            # "full" or "window:k"
     turns: list[Turn] = field(default_factory=list)
     token_ids: list[int] | None = None      # full mode: the whole conversation's ids
     stop_reason: str = ""                   # "done" or "max_turns"
+    policy_version: int = 0                 # optimizer updates (iterations) done before it was generated
 
     @property
     def total_reward(self) -> float:
@@ -93,6 +96,7 @@ class Sample:
     advantages: list[float]
     episode_index: int
     episode_agent_tokens: int       # agent tokens in the whole episode (for per-episode loss weighting)
+    policy_version: int = 0         # the policy version that generated it (see Episode.policy_version)
 
 
 def episode_samples(episode: Episode, turn_advantages: list[float], episode_index: int) -> list[Sample]:
@@ -109,7 +113,7 @@ def episode_samples(episode: Episode, turn_advantages: list[float], episode_inde
             for i, lp in zip(range(start, end), turn.logprobs):
                 loss_mask[i], turn_index[i], behaviour[i], advantages[i] = 1, t, lp, adv
         return [Sample(list(episode.token_ids), loss_mask, turn_index, behaviour, advantages, episode_index,
-                       agent_tokens)]
+                       agent_tokens, episode.policy_version)]
 
     samples = []
     for t, (turn, adv) in enumerate(zip(episode.turns, turn_advantages)):
@@ -123,6 +127,7 @@ def episode_samples(episode: Episode, turn_advantages: list[float], episode_inde
                 advantages=[0.0] * p + [adv] * c,
                 episode_index=episode_index,
                 episode_agent_tokens=agent_tokens,
+                policy_version=episode.policy_version,
             )
         )
     return samples

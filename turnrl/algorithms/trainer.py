@@ -289,7 +289,7 @@ class Trainer:
         cfg = self.config
         generator = self.generator(iteration)
         if not cfg.filter_groups:
-            episodes = self.play(self.iteration_tasks(iteration), generator)
+            episodes = self.label(self.play(self.iteration_tasks(iteration), generator), iteration)
             return episodes, {"groups_drawn": self.local_tasks, "groups_kept": self.local_tasks, "groups_dropped": 0,
                               "drawn_episodes": len(episodes), "drawn_successes": sum(e.success for e in episodes)}
         kept: list[list[Episode]] = []
@@ -307,13 +307,20 @@ class Trainer:
             if self.all_processes(len(kept) >= self.local_tasks):
                 break
         kept = kept[: self.local_tasks]
-        episodes = []
         for number, group in enumerate(kept):   # renumbered: groups of different draws never merge
             for episode in group:
                 episode.group_id = number
-                episodes.append(episode)
+        episodes = self.label([episode for group in kept for episode in group], iteration)
         return episodes, {"groups_drawn": drawn, "groups_kept": len(kept), "groups_dropped": dropped,
                           "drawn_episodes": drawn_episodes, "drawn_successes": drawn_successes}
+
+    def label(self, episodes: list[Episode], iteration: int) -> list[Episode]:
+        """Give each episode its group identity (iteration, process, index within the process) and the policy
+        version that generated it (the iterations of updates done before it)."""
+        for episode in episodes:
+            episode.group_id = (iteration, self.accelerator.process_index, episode.group_id)
+            episode.policy_version = iteration - 1
+        return episodes
 
     def all_processes(self, flag: bool) -> bool:
         """Whether `flag` holds on every process (the same answer everywhere, so processes stay in step)."""
@@ -341,6 +348,17 @@ class Trainer:
         optimizer step synchronises gradients across processes."""
         count = torch.tensor([math.ceil(local_samples / self.config.minibatch_size)], device=self.accelerator.device)
         return int(self.accelerator.gather(count).max())
+
+    def global_normaliser(self, local_weight: float) -> float:
+        """The loss normaliser of a minibatch: its weight summed over all processes (a token mean divides by
+        every process's tokens), divided by the number of processes because gradient synchronisation
+        averages the processes' gradients. One process: the local weight."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return local_weight
+        total = self.accelerator.reduce(torch.tensor([float(local_weight)], device=self.accelerator.device),
+                                        reduction="sum")
+        return float(total) / world
 
     def zero_backward(self) -> None:
         """A backward pass that contributes nothing, for a process with no samples in a minibatch."""
@@ -380,10 +398,11 @@ class Trainer:
                     active = [samples[i] for i in chosen if signal[i]]
                     skipped += len(minibatch) - len(active)
                     agent_tokens += sum(sum(s.loss_mask) for s in minibatch)
-                    minibatch_weight = sum(self.token_weight(s) * sum(s.loss_mask) for s in minibatch)
-                    if self.all_processes(not active or not minibatch_weight):
+                    local_weight = sum(self.token_weight(s) * sum(s.loss_mask) for s in minibatch)
+                    if self.all_processes(not active or not local_weight):
                         continue   # no process has anything to learn from here: no forward, no step
-                    if not active or not minibatch_weight:   # others have: stay in step with them
+                    minibatch_weight = self.global_normaliser(local_weight)
+                    if not active or not local_weight:   # others have: stay in step with them
                         self.zero_backward()
                         active = []
                     micro_batches = [active[i: i + cfg.micro_batch_size]
