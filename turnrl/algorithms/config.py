@@ -97,6 +97,8 @@ class TrainConfig:
                                      "1 / max(1, |C| / clip_bias_tau), C the gradient clipping removed (an extra "
                                      "backward per micro-batch; |C| logged as clip_bias_norm_mean/max)")
     clip_bias_tau: float | None = _f(None, "clip_bias_norm: the |C| above which the gradient is scaled down (default 1)")
+    max_staleness: int = _f(0, "also train on the rollouts of the last N iterations, with the behaviour log-probs "
+                               "they were generated with (0 = fresh rollouts only); logs clip_fraction_staleness{k}")
     ratio_level: str = _f("token", "importance ratio: token (PPO), turn (ST-PPO/Turn-PPO: geometric mean of the token "
                                    "ratios of each turn) or sequence (GSPO: of each sample's agent tokens)",
                           choices=("token", "turn", "sequence"))
@@ -203,7 +205,7 @@ class TrainConfig:
         if self.warm_start_episodes and (self.warm_start_epochs <= 0 or self.warm_start_learning_rate <= 0
                                          or self.warm_start_batch_size < 1):
             raise ConfigError("warm_start_epochs and warm_start_learning_rate must be > 0, warm_start_batch_size >= 1")
-        for name in ("eval_every", "eval_episodes", "checkpoint_every", "warm_start_episodes"):
+        for name in ("eval_every", "eval_episodes", "checkpoint_every", "warm_start_episodes", "max_staleness"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.minibatch_size % self.micro_batch_size:

@@ -39,6 +39,7 @@ from turnrl.algorithms.advantages import (
 )
 from turnrl.algorithms.config import TrainConfig
 from turnrl.algorithms.objectives import RATIO_LEVELS, clip_bias_loss, clip_bias_scale, kl_k3, ppo_clip_loss
+from turnrl.algorithms.replay import ReplayBuffer
 from turnrl.algorithms.sft import behaviour_clone, demonstration_dataset, demonstration_tasks, expert_demonstrations
 from turnrl.environments import load_env_module, make_env
 from turnrl.episode import Episode, Sample, episode_samples, summarize
@@ -106,15 +107,18 @@ def step_group_metrics(counts: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
-RATIO_TAIL_KEYS = ("ratio_p1", "ratio_p50", "ratio_p99", "abs_log_ratio_p99")
+RATIO_TAIL_KEYS = ("ratio_p1", "ratio_p50", "ratio_p99", "abs_log_ratio_p99", "ratio_ess")
 
 
 def ratio_tail(ratios: torch.Tensor) -> dict[str, float]:
-    """Percentiles of the importance ratios an update used (over agent tokens, every epoch), and the p99 of
-    |log ratio|: where off-policy drift shows first."""
-    q = torch.quantile(ratios.double(), torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64))
-    abs_log = torch.quantile(ratios.double().log().abs(), 0.99)
-    return dict(zip(RATIO_TAIL_KEYS, [float(v) for v in q] + [float(abs_log)]))
+    """Percentiles of the importance ratios an update used (over agent tokens, every epoch), the p99 of
+    |log ratio| (where off-policy drift shows first) and the normalised effective sample size of the ratios,
+    (Σw)² / (n Σw²), 1 when all are equal."""
+    w = ratios.double()
+    q = torch.quantile(w, torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64))
+    abs_log = torch.quantile(w.log().abs(), 0.99)
+    ess = float(w.sum() ** 2 / (len(w) * (w ** 2).sum()))
+    return dict(zip(RATIO_TAIL_KEYS, [float(v) for v in q] + [float(abs_log), ess]))
 
 
 def _groups(episodes: list[Episode]) -> list[list[Episode]]:
@@ -138,6 +142,7 @@ class TrainBatch:
     behaviour: torch.Tensor
     advantages: torch.Tensor
     weights: torch.Tensor
+    policy_version: torch.Tensor      # [B]: the policy version that generated each sample
 
 
 def make_batch(samples: list[Sample], token_weights: list[float], pad_id: int, device) -> TrainBatch:
@@ -156,6 +161,7 @@ def make_batch(samples: list[Sample], token_weights: list[float], pad_id: int, d
         turn_index=per_token("turn_index", torch.long, fill=-1), behaviour=per_token("behaviour_logprobs", torch.float32),
         advantages=per_token("advantages", torch.float32),
         weights=loss_mask * torch.tensor(token_weights, dtype=torch.float32, device=device)[:, None],
+        policy_version=torch.tensor([s.policy_version for s in samples], dtype=torch.long, device=device),
     )
 
 
@@ -247,6 +253,7 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.phases = PhaseProgress(enabled=self.progress)
         self.skip_zero_signal = True   # tests turn it off to check that skipping changes nothing
+        self.replay = ReplayBuffer(config.max_staleness)   # rollouts of earlier iterations trained on again
         self.log_ratio = RATIO_LEVELS[config.ratio_level]   # token, turn (ST-PPO) or sequence (GSPO) ratios
         self.clip_bias = (ClipBiasNormaliser([p for p in self.model.parameters() if p.requires_grad],
                                              config.clip_bias_tau, self.accelerator)
@@ -384,6 +391,7 @@ class Trainer:
         agent_tokens = computed_tokens = skipped = steps = 0
         clip_bias_norms: list[float] = []
         ratios: list[torch.Tensor] = []   # the ratios the objective saw, for the tail statistics
+        clip_by_staleness: dict[int, list] = {}   # staleness -> [clipped tokens, tokens]
         first_update = True
         n_minibatches = self.minibatch_count(len(samples))
         signal = [self.has_signal(s) or not self.skip_zero_signal for s in samples]
@@ -430,9 +438,16 @@ class Trainer:
                             acc.backward(loss)
                         with torch.no_grad():
                             on = mask.bool()
-                            if first_update:   # nothing has been updated yet: generation and training must agree
-                                diff = float((new - batch.behaviour).abs()[on].max())
+                            fresh = on & (batch.policy_version == iteration - 1)[:, None]
+                            if first_update and fresh.any():   # nothing updated yet: fresh samples must agree
+                                diff = float((new - batch.behaviour).abs()[fresh].max())
                                 stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"] or 0.0, diff)
+                            staleness = (iteration - 1 - batch.policy_version)[:, None].expand_as(on)[on]
+                            for age in staleness.unique().tolist():
+                                at = staleness == age
+                                by_age = clip_by_staleness.setdefault(int(age), [0.0, 0])
+                                by_age[0] += float(clipped[on][at].sum())
+                                by_age[1] += int(at.sum())
                             stats["loss"] += float((loss_tokens * mask).sum())
                             stats["clip_fraction"] += float(clipped[on].sum())
                             stats["ratio_mean"] += float(ratio[on].sum())
@@ -458,6 +473,9 @@ class Trainer:
         if stats["ratio_min"] == float("inf"):
             stats["ratio_min"] = 0.0
         stats.update(ratio_tail(torch.cat(ratios)) if ratios else dict.fromkeys(RATIO_TAIL_KEYS))
+        if self.config.max_staleness:   # clip fraction of the tokens of each staleness (0 = fresh)
+            stats.update({f"clip_fraction_staleness{age}": clipped / max(tokens, 1)
+                          for age, (clipped, tokens) in sorted(clip_by_staleness.items())})
         stats.update(train_tokens=computed_tokens, skipped_samples=skipped, optimizer_steps=steps)
         if self.config.clip_bias_norm:   # ‖C(θ)‖ of each optimizer step: its mean and largest value
             stats.update(clip_bias_norm_mean=sum(clip_bias_norms) / max(len(clip_bias_norms), 1),
@@ -670,8 +688,12 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         t0 = time.perf_counter()
         episodes, group_counts = trainer.collect(iteration)
         rollout_seconds = time.perf_counter() - t0
-        advantages = episode_turn_advantages(config, episodes)
-        samples = [s for i, (e, adv) in enumerate(zip(episodes, advantages)) for s in episode_samples(e, adv, i)]
+        stale = trainer.replay.stale(iteration - 1)   # earlier iterations' episodes (max_staleness 0: none)
+        trainer.replay.add(episodes)
+        advantages = episode_turn_advantages(config, stale + episodes)
+        samples = [s for i, (e, adv) in enumerate(zip(stale + episodes, advantages))
+                   for s in episode_samples(e, adv, i)]
+        advantages = advantages[len(stale):]   # the fresh episodes' advantages, for the metrics below
         t1 = time.perf_counter()
         stats = trainer.update(samples, iteration)
         update_seconds = time.perf_counter() - t1
@@ -685,7 +707,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             "invalid_turns": sum(t.invalid for t in turns),
             "generated_tokens": generated, "zero_advantage_episodes": zero_groups,
             **group_counts, "train_tokens": stats["train_tokens"], "skipped_samples": stats["skipped_samples"],
-            "samples": len(samples), **step_group_counts(config, episodes),
+            "samples": len(samples), "stale_samples": sum(s.policy_version < iteration - 1 for s in samples),
+            **step_group_counts(config, episodes),
         }
         totals = _reduce(acc, local)
         n = max(totals["episodes"], 1)
@@ -699,7 +722,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             "mean_turns": totals["turns"] / n,
             "invalid_action_rate": totals["invalid_turns"] / max(totals["turns"], 1),
             "zero_advantage_fraction": totals["zero_advantage_episodes"] / n,
-            **{k: int(totals[k]) for k in ("groups_drawn", "groups_kept", "groups_dropped", "samples",
+            **{k: int(totals[k]) for k in ("groups_drawn", "groups_kept", "groups_dropped", "samples", "stale_samples",
                                            "skipped_samples", "train_tokens")},
             **step_group_metrics(totals),
             **{k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()
