@@ -136,7 +136,8 @@ def test_the_normaliser_scales_the_gradient_by_tau_over_the_norm():
     weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     weight.grad = torch.tensor([0.5, -1.0])
     normaliser = ClipBiasNormaliser([weight], tau=1.0, accelerator=Accelerator(cpu=True))
-    normaliser.accumulate((weight * torch.tensor([3.0, 4.0])).sum())      # C = (3, 4), |C| = 5
+    ones = torch.ones(2)
+    normaliser.accumulate(weight, torch.tensor([3.0, 4.0]), ones, ones, 1.0)   # ratio = weight: C = (3, 4), |C| = 5
     assert normaliser.scale_gradients() == pytest.approx(5.0)
     assert torch.allclose(weight.grad, torch.tensor([0.1, -0.2]))
     assert normaliser.scale_gradients() == 0.0                            # nothing accumulated since

@@ -311,8 +311,7 @@ class ExpertPolicy:
         self.max_new_tokens = max_new_tokens
         self.device = torch.device("cpu")   # where a caller's sampling generator lives; the expert samples nothing
 
-    def generate(self, prompts: list[list[int]], *, generator=None, envs: list | None = None,
-                 cache: TurnCache | None = None) -> list[Completion]:
+    def generate(self, prompts: list[list[int]], *, generator=None, envs: list | None = None) -> list[Completion]:
         completions = []
         for env in envs:
             action = env.expert_action()

@@ -107,6 +107,7 @@ def step_group_metrics(counts: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
+EVAL_PHASES = ("zero_shot", "warm_start", "after_rl")   # the held-out evaluations of a run, in order
 RATIO_TAIL_KEYS = ("ratio_p1", "ratio_p50", "ratio_p99", "abs_log_ratio_p99", "ratio_ess")
 
 
@@ -176,7 +177,10 @@ class ClipBiasNormaliser:
         self.params, self.tau, self.accelerator = params, tau, accelerator
         self.buffer: list[torch.Tensor] | None = None
 
-    def accumulate(self, loss_c: torch.Tensor) -> None:
+    def accumulate(self, ratio: torch.Tensor, advantages: torch.Tensor, clipped: torch.Tensor,
+                   weights: torch.Tensor, normaliser: float) -> None:
+        """Add a micro-batch's C: the gradient of its `clip_bias_loss` under the minibatch's loss normaliser."""
+        loss_c = clip_bias_loss(ratio, advantages, clipped, weights) / normaliser
         grads = torch.autograd.grad(loss_c, self.params, retain_graph=True, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
         self.buffer = grads if self.buffer is None else [b + g for b, g in zip(self.buffer, grads)]
@@ -202,7 +206,7 @@ class ClipBiasNormaliser:
 class NoClipBias:
     """clip_bias_norm off: nothing to accumulate, the gradient as it is."""
 
-    def accumulate(self, loss_c: torch.Tensor) -> None:
+    def accumulate(self, ratio, advantages, clipped, weights, normaliser) -> None:
         pass
 
     def scale_gradients(self) -> float | None:
@@ -425,8 +429,7 @@ class Trainer:
                         loss_tokens, clipped = ppo_clip_loss(ratio, batch.advantages, cfg.clip_eps, cfg.clip_eps_high,
                                                              cfg.dual_clip)
                         loss = (loss_tokens * batch.weights).sum() / minibatch_weight
-                        self.clip_bias.accumulate(clip_bias_loss(ratio, batch.advantages, clipped, batch.weights)
-                                                  / minibatch_weight)
+                        self.clip_bias.accumulate(ratio, batch.advantages, clipped, batch.weights, minibatch_weight)
                         if cfg.kl_coef > 0:
                             kl = kl_k3(new, self.reference_logprobs(batch))
                             loss = loss + cfg.kl_coef * (kl * batch.weights).sum() / minibatch_weight
@@ -442,12 +445,13 @@ class Trainer:
                             if first_update and fresh.any():   # nothing updated yet: fresh samples must agree
                                 diff = float((new - batch.behaviour).abs()[fresh].max())
                                 stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"] or 0.0, diff)
-                            staleness = (iteration - 1 - batch.policy_version)[:, None].expand_as(on)[on]
-                            for age in staleness.unique().tolist():
-                                at = staleness == age
-                                by_age = clip_by_staleness.setdefault(int(age), [0.0, 0])
-                                by_age[0] += float(clipped[on][at].sum())
-                                by_age[1] += int(at.sum())
+                            if cfg.max_staleness:   # clipped and all tokens by staleness (0 = fresh)
+                                staleness = (iteration - 1 - batch.policy_version)[:, None].expand_as(on)[on]
+                                for age in staleness.unique().tolist():
+                                    at = staleness == age
+                                    by_age = clip_by_staleness.setdefault(int(age), [0.0, 0])
+                                    by_age[0] += float(clipped[on][at].sum())
+                                    by_age[1] += int(at.sum())
                             stats["loss"] += float((loss_tokens * mask).sum())
                             stats["clip_fraction"] += float(clipped[on].sum())
                             stats["ratio_mean"] += float(ratio[on].sum())
@@ -473,7 +477,7 @@ class Trainer:
         if stats["ratio_min"] == float("inf"):
             stats["ratio_min"] = 0.0
         stats.update(ratio_tail(torch.cat(ratios)) if ratios else dict.fromkeys(RATIO_TAIL_KEYS))
-        if self.config.max_staleness:   # clip fraction of the tokens of each staleness (0 = fresh)
+        if cfg.max_staleness:   # clip fraction of the tokens of each staleness (0 = fresh)
             stats.update({f"clip_fraction_staleness{age}": clipped / max(tokens, 1)
                           for age, (clipped, tokens) in sorted(clip_by_staleness.items())})
         stats.update(train_tokens=computed_tokens, skipped_samples=skipped, optimizer_steps=steps)
@@ -619,7 +623,7 @@ def write_curves(metrics_file: Path, out_file: Path, evals: dict | None = None) 
         ax.set_title(key)
         ax.set_xlabel("iteration")
     ax = axes.flat[-1]
-    phases = [p for p in ("zero_shot", "warm_start", "after_rl") if p in (evals or {})]
+    phases = [p for p in EVAL_PHASES if p in (evals or {})]
     if phases:
         heights = [evals[p]["success_rate"] for p in phases]
         ax.bar(phases, heights, color=["#999999", "#4c72b0", "#dd8452"][: len(phases)])
@@ -776,7 +780,7 @@ def print_eval_table(evals: dict) -> None:
     table = Table(title="held-out evaluation (greedy)")
     for column in ("phase", "success", "score", "invalid", "turns", "episodes"):
         table.add_column(column, justify="left" if column == "phase" else "right")
-    for phase in ("zero_shot", "warm_start", "after_rl"):
+    for phase in EVAL_PHASES:
         if phase in evals:
             e = evals[phase]
             table.add_row(phase, f"{e['success_rate']:.3f}", f"{e['mean_score']:.3f}",
