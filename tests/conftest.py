@@ -42,3 +42,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def nudged_tiny(tmp_path_factory):
+    """A saved copy of `tiny` trained for a few dozen steps on the ends of expert `lights` turns, so that it often
+    writes a valid action: episodes differ in return and updates have a gradient (shared by the invariant tests)."""
+    from turnrl.agents.models import load_model, save_model
+    from turnrl.algorithms.sft import expert_demonstrations
+
+    model, tokenizer = load_model("tiny")
+    demos = (expert_demonstrations(tokenizer, "lights", list(range(8)), env_kwargs={"n_lamps": 1}, context="window:0")
+             + expert_demonstrations(tokenizer, "lights", list(range(8)), context="window:0"))
+    _train_on_turn_ends(model, tokenizer, demos)
+    folder = tmp_path_factory.mktemp("nudged_tiny") / "model"
+    save_model(model, tokenizer, folder, "tiny")
+    return folder

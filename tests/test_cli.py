@@ -381,17 +381,24 @@ def test_unknown_env_without_module_names_the_flag(tmp_path, no_model_loading):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["grpo", "gigpo", "hgpo"])
+@pytest.mark.parametrize("preset", ["grpo", "gigpo", "hgpo", "ppo", "turn-ppo", "s-ppo", "st-ppo"])
 def test_train_each_preset_on_the_corridor(tmp_path, preset):
     run_dir = tmp_path / preset
     run("train", "--env", "corridor", "--model", "tiny", "--algorithm", preset, "--iterations", "1",
         "--tasks_per_iteration", "2", "--group_size", "3", "--max_turns", "4", "--max_new_tokens", "8",
         "--output_dir", run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["advantage"] == preset
     [row] = metrics_of(run_dir)
     assert METRIC_KEYS <= set(row)
     assert_logprobs_agree(row)
+    if preset.endswith("ppo"):   # the ST-PPO family: a turn-level critic with GAE, the preset's ratio and norm
+        assert (config["advantage"], config["critic"]) == ("gae", "head")
+        assert config["ratio_level"] == ("turn" if preset.startswith(("turn", "st")) else "token")
+        assert config["clip_bias_norm"] == preset.startswith(("s-", "st-"))
+        assert row["value_loss"] > 0 and (run_dir / "final" / "critic.pt").exists()
+        assert ("clip_bias_norm_mean" in row) == config["clip_bias_norm"]
+        return
+    assert config["advantage"] == preset
     levels = {"grpo": 0, "gigpo": 1, "hgpo": 3}[preset]    # hgpo: window:2 -> levels 0, 1, 2
     assert {k for k in row if k.startswith("level")} == {f"level{k}_group_size" for k in range(levels)}
     shares = [row[f"steps_with_{n}_valid_levels"] for n in range(levels + 1)] if levels else []

@@ -91,7 +91,7 @@ def test_unknown_key_names_the_valid_keys(tmp_path):
 @pytest.mark.parametrize(
     ("key", "value", "choices"),
     [
-        ("algorithm", "ppo", ALGORITHMS),
+        ("algorithm", "trpo", ALGORITHMS),
         ("dtype", "float64", DTYPES),
         ("advantage_norm", "std", ("mean_std", "mean")),
         ("loss_aggregation", "sum", ("episode", "token")),
@@ -203,9 +203,10 @@ def test_presets_fill_their_advantage_and_context():
     assert (gigpo.gamma, gigpo.step_advantage_weight, gigpo.advantage_norm) == (0.95, 1.0, "mean_std")
     assert (hgpo.advantage, hgpo.context, hgpo.history_length) == ("hgpo", "window:2", 2)
     assert (hgpo.hgpo_alpha, hgpo.hgpo_base_group, hgpo.step_advantage_weight) == (1.0, False, None)
-    assert set(ALGORITHMS) == {"grpo", "gigpo", "hgpo"}
+    assert set(ALGORITHMS) == {"grpo", "gigpo", "hgpo", "ppo", "turn-ppo", "s-ppo", "st-ppo"}
     # a resolved config resolves to itself (what config.yaml of a run holds loads back unchanged)
-    for config in (grpo, gigpo, hgpo):
+    for name in ALGORITHMS:
+        config = load_config(overrides={"algorithm": name})
         assert load_config(overrides=config.to_dict()) == config
 
 
@@ -225,12 +226,12 @@ def test_history_length_sets_the_window_and_the_depth():
     [
         ({"algorithm": "hgpo", "history_length": 4, "context": "window:2"}, "history_length \\(4\\) sets the window"),
         ({"history_length": 2, "context": "full"}, "does nothing"),
-        ({"gamma": 0.9}, "gamma applies to advantage gigpo or hgpo only"),
+        ({"gamma": 0.9}, "gamma applies to advantage gigpo or hgpo or gae only"),
         ({"algorithm": "gigpo", "hgpo_alpha": 0.5}, "hgpo_alpha applies to advantage hgpo only"),
         ({"algorithm": "hgpo", "step_advantage_weight": 0.5}, "step_advantage_weight applies to advantage gigpo"),
         ({"advantage": "rloo", "advantage_norm": "mean"}, "advantage_norm does not apply to advantage rloo"),
-        ({"advantage": "gae"}, "advantage: 'gae' is not one of grpo, rloo, gigpo, hgpo"),
-        ({"algorithm": "ppo"}, "algorithm: 'ppo' is not one of grpo, gigpo, hgpo"),
+        ({"advantage": "td"}, "advantage: 'td' is not one of grpo, rloo, gigpo, hgpo, gae"),
+        ({"algorithm": "trpo"}, "algorithm: 'trpo' is not one of grpo, gigpo, hgpo, ppo"),
         ({"algorithm": "gigpo", "gamma": 1.5}, "gamma must be in"),
         ({"algorithm": "hgpo", "history_length": -1}, "history_length must be an integer >= 0"),
     ],

@@ -97,6 +97,10 @@ class Sample:
     episode_index: int
     episode_agent_tokens: int       # agent tokens in the whole episode (for per-episode loss weighting)
     policy_version: int = 0         # the policy version that generated it (see Episode.policy_version)
+    # With a critic (advantage gae), per token: the turn's value at rollout and its GAE value target, read where
+    # the turn starts (empty without a critic).
+    old_values: list[float] = field(default_factory=list)
+    value_targets: list[float] = field(default_factory=list)
 
 
 def episode_samples(episode: Episode, turn_advantages: list[float], episode_index: int) -> list[Sample]:

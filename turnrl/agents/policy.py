@@ -39,15 +39,18 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
-    """Log-prob of each token given its prefix: result[:, i] scores input_ids[:, i + 1]. Shape [B, L-1]."""
-    logits = model(
+                   temperature: float = 1.0, return_hidden: bool = False):
+    """Log-prob of each token given its prefix: result[:, i] scores input_ids[:, i + 1]. Shape [B, L-1].
+    With `return_hidden`, also the last layer's hidden states [B, L, H] (for a value head on the same forward)."""
+    out = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
-        use_cache=False,
-    ).logits[:, :-1].float()
+        use_cache=False, output_hidden_states=return_hidden,
+    )
+    logits = out.logits[:, :-1].float()
     if temperature != 1.0:
         logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return (logprobs, out.hidden_states[-1]) if return_hidden else logprobs
 
 
 def _cache_argument(model) -> str:

@@ -16,9 +16,24 @@ import yaml
 
 from turnrl.agents.prompts import PROMPT_STYLES, parse_context
 
-# Presets: each names the advantage estimator it uses; the rest of the loop is shared (DESIGN.md).
-ALGORITHMS = ("grpo", "gigpo", "hgpo")
-ADVANTAGES = ("grpo", "rloo", "gigpo", "hgpo")
+# Presets: each names its defaults (advantage estimator, ratio level, clip-bias normalisation); the rest of the
+# loop is shared (DESIGN.md). The PPO family's ratio level and clip-bias setting define the preset: a config that
+# sets them otherwise names the preset it would be. Every preset composes with every advantage estimator.
+PRESETS = {
+    "grpo": {"advantage": "grpo"},
+    "gigpo": {"advantage": "gigpo"},
+    "hgpo": {"advantage": "hgpo"},
+    # ST-PPO paper (research notes §1.5): token-PPO baseline, Turn-PPO, S-PPO, ST-PPO; a turn-level critic with GAE.
+    "ppo": {"advantage": "gae", "ratio_level": "token", "clip_bias_norm": False},
+    "turn-ppo": {"advantage": "gae", "ratio_level": "turn", "clip_bias_norm": False},
+    "s-ppo": {"advantage": "gae", "ratio_level": "token", "clip_bias_norm": True},
+    "st-ppo": {"advantage": "gae", "ratio_level": "turn", "clip_bias_norm": True},
+}
+ALGORITHMS = tuple(PRESETS)
+ADVANTAGES = ("grpo", "rloo", "gigpo", "hgpo", "gae")
+CRITICS = ("head", "model")
+CRITIC_DEFAULTS = {   # Search-R1's PPO defaults (research notes §1.5, marked there as inferred), TRL's value clip
+    "critic": "head", "gae_lambda": 1.0, "vf_coef": 0.1, "value_clip": 0.2}
 STEP_ADVANTAGES = ("gigpo", "hgpo")       # step-level estimators: discounted step returns, window memory
 DEFAULT_HISTORY = 2                       # verl-agent's history_length for GiGPO and HGPO
 DTYPES = ("float32", "bfloat16", "float16")
@@ -41,13 +56,24 @@ class TrainConfig:
     lora_rank: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha")
     algorithm: str = _f("grpo", "preset: grpo (episode advantages, full context), gigpo or hgpo (step advantages, "
-                                "window:history_length context, as in their papers)", choices=ALGORITHMS)
+                                "window:history_length context, as in their papers); ppo (token ratio), turn-ppo "
+                                "(turn ratio), s-ppo (token ratio + clip-bias norm), st-ppo (turn ratio + clip-bias "
+                                "norm), each with a turn-level critic and GAE by default", choices=ALGORITHMS)
     advantage: str | None = _f(None, "advantage estimator (default: the preset's): grpo, rloo (leave-one-out), "
-                                     "gigpo (episode + anchor-state step groups), hgpo (hierarchy of history groups)",
-                               choices=ADVANTAGES)
+                                     "gigpo (episode + anchor-state step groups), hgpo (hierarchy of history groups), "
+                                     "gae (turn-level critic, GAE over turns)", choices=ADVANTAGES)
     history_length: int | None = _f(None, "K: the window:K prompt memory and HGPO's deepest level (default: k of "
                                           "context window:k; 2 for hgpo with full context)")
-    gamma: float | None = _f(None, "discount of step returns for gigpo and hgpo (default 0.95)")
+    gamma: float | None = _f(None, "discount of step returns for gigpo and hgpo (default 0.95), of turns for gae "
+                                   "(default 1.0)")
+    gae_lambda: float | None = _f(None, "gae: lambda of GAE over turns (default 1.0, Search-R1's)")
+    critic: str | None = _f(None, "gae: head (a value head on the policy's last hidden states, shared trunk; with "
+                                  "LoRA it trains with the adapter) or model (a separate value model from the same "
+                                  "weights, fully trained) (default head)", choices=CRITICS)
+    vf_coef: float | None = _f(None, "gae: weight of the value loss (default 0.1, TRL's)")
+    value_clip: float | None = _f(None, "gae: clip range of the value loss around the values at rollout (default 0.2)")
+    critic_learning_rate: float | None = _f(None, "gae: learning rate of the critic's parameters (default 10 x "
+                                                  "learning_rate, Search-R1's critic/actor ratio)")
     step_advantage_weight: float | None = _f(None, "omega, weight of GiGPO's step advantage (default 1.0)")
     hgpo_alpha: float | None = _f(None, "HGPO level weights (k+1)^alpha (default 1.0; 0 = equal weights)")
     hgpo_base_group: bool | None = _f(None, "HGPO: add GiGPO's episode advantage as a level of weight 1 "
@@ -93,18 +119,21 @@ class TrainConfig:
     clip_eps_high: float | None = _f(None, "upper clip range, 1 + eps_high (DAPO's clip-higher; default clip_eps)")
     dual_clip: float | None = _f(None, "dual-clip constant c > 1: for negative advantages the objective is bounded "
                                        "below by c * A (default off)")
-    clip_bias_norm: bool = _f(False, "S-PPO/ST-PPO clipping-bias normalisation: scale each step's policy gradient by "
+    clip_bias_norm: bool | None = _f(None, "S-PPO/ST-PPO clipping-bias normalisation: scale each step's policy gradient by "
                                      "1 / max(1, |C| / clip_bias_tau), C the gradient clipping removed (an extra "
-                                     "backward per micro-batch; |C| logged as clip_bias_norm_mean/max)")
+                                     "backward per micro-batch; |C| logged as clip_bias_norm_mean/max) (default: the preset's; off for grpo, "
+                                            "gigpo, hgpo)")
     clip_bias_tau: float | None = _f(None, "clip_bias_norm: the |C| above which the gradient is scaled down (default 1)")
     max_staleness: int = _f(0, "also train on the rollouts of the last N iterations, with the behaviour log-probs "
                                "they were generated with (0 = fresh rollouts only); logs clip_fraction_staleness{k}")
-    ratio_level: str = _f("token", "importance ratio: token (PPO), turn (ST-PPO/Turn-PPO: geometric mean of the token "
-                                   "ratios of each turn) or sequence (GSPO: of each sample's agent tokens)",
+    ratio_level: str | None = _f(None, "importance ratio: token (PPO), turn (ST-PPO/Turn-PPO: geometric mean of the "
+                                       "token ratios of each turn) or sequence (GSPO: of each sample's agent tokens) "
+                                       "(default: the preset's; token for grpo, gigpo, hgpo)",
                           choices=("token", "turn", "sequence"))
     kl_coef: float = _f(0.0, "weight of the k3 KL penalty to the reference policy (0 = off)")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
-    advantage_norm: str | None = _f(None, "group normalisation of grpo/gigpo/hgpo: mean_std (default) or mean",
+    advantage_norm: str | None = _f(None, "group normalisation of grpo/gigpo/hgpo (for gae: over the iteration's "
+                                          "turns, as verl whitens GAE): mean_std (default) or mean",
                                     choices=("mean_std", "mean"))
     eval_every: int = _f(0, "also evaluate on eval_split every N iterations (0 = never during training)")
     eval_episodes: int = _f(0, "greedy held-out evaluation on this many eval_split tasks before training, after the "
@@ -122,15 +151,32 @@ class TrainConfig:
         that would do nothing in this combination. Idempotent: a resolved config resolves to itself."""
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"algorithm: {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-        self.advantage = self.advantage or self.algorithm
+        preset = PRESETS[self.algorithm]
+        for name in ("ratio_level", "clip_bias_norm"):
+            if name in preset and getattr(self, name) is not None and getattr(self, name) != preset[name]:
+                wanted = {k: getattr(self, k) if k == name else v for k, v in preset.items() if k != "advantage"}
+                other = [a for a, p in PRESETS.items() if all(p.get(k) == v for k, v in wanted.items())]
+                raise ConfigError(f"algorithm {self.algorithm} means {name}: {preset[name]}; for {name}: "
+                                  f"{getattr(self, name)} use algorithm {other[0] if other else 'grpo'}")
+        self.advantage = self.advantage or preset["advantage"]
         if self.advantage not in ADVANTAGES:
             raise ConfigError(f"advantage: {self.advantage!r} is not one of {', '.join(ADVANTAGES)}")
+        self.ratio_level = self.ratio_level or preset.get("ratio_level", "token")
+        if self.clip_bias_norm is None:
+            self.clip_bias_norm = preset.get("clip_bias_norm", False)
         step_level = self.advantage in STEP_ADVANTAGES
-        only = {"gamma": STEP_ADVANTAGES, "step_advantage_weight": ("gigpo",), "hgpo_alpha": ("hgpo",),
-                "hgpo_base_group": ("hgpo",)}
+        only = {"gamma": (*STEP_ADVANTAGES, "gae"), "step_advantage_weight": ("gigpo",), "hgpo_alpha": ("hgpo",),
+                "hgpo_base_group": ("hgpo",), **{name: ("gae",) for name in (*CRITIC_DEFAULTS, "critic_learning_rate")}}
         for name, users in only.items():
             if getattr(self, name) is not None and self.advantage not in users:
                 raise ConfigError(f"{name} applies to advantage {' or '.join(users)} only, not {self.advantage}")
+        if self.advantage == "gae":
+            for name, default in CRITIC_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, default)
+            self.gamma = 1.0 if self.gamma is None else self.gamma
+            if self.critic_learning_rate is None:
+                self.critic_learning_rate = 10 * self.learning_rate
         if self.advantage_norm is not None and self.advantage == "rloo":
             raise ConfigError("advantage_norm does not apply to advantage rloo (a leave-one-out baseline, no std)")
         if self.history_length is not None and (isinstance(self.history_length, bool) or self.history_length < 0):
@@ -223,6 +269,11 @@ class TrainConfig:
             raise ConfigError(f"clip_bias_tau must be > 0, got {self.clip_bias_tau}")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ConfigError(f"dual_clip must be > 1 (a lower bound c * A for negative advantages), got {self.dual_clip}")
+        if self.advantage == "gae":
+            if not 0 <= self.gae_lambda <= 1:
+                raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+            if self.vf_coef < 0 or self.value_clip <= 0 or self.critic_learning_rate <= 0:
+                raise ConfigError("vf_coef must be >= 0, value_clip and critic_learning_rate > 0")
         if self.kl_coef < 0 or self.learning_rate <= 0:
             raise ConfigError("kl_coef must be >= 0 and learning_rate > 0")
         return self

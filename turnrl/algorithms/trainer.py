@@ -27,7 +27,7 @@ import yaml
 from accelerate import Accelerator
 
 from turnrl.agents.models import default_cache_dir, load_model, save_model
-from turnrl.agents.policy import Policy, pad_right, token_logprobs
+from turnrl.agents.policy import Policy, pad_right, positions_from_mask, token_logprobs
 from turnrl.agents.prompts import PromptBuilder
 from turnrl.agents.rollout import evaluate, group_specs, rollout
 from turnrl.algorithms.advantages import (
@@ -38,6 +38,7 @@ from turnrl.algorithms.advantages import (
     rloo_advantages,
 )
 from turnrl.algorithms.config import TrainConfig
+from turnrl.algorithms.critic import Critic, clipped_value_loss, episode_gae, turn_starts
 from turnrl.algorithms.objectives import RATIO_LEVELS, clip_bias_loss, clip_bias_scale, kl_k3, ppo_clip_loss
 from turnrl.algorithms.replay import ReplayBuffer
 from turnrl.algorithms.sft import behaviour_clone, demonstration_dataset, demonstration_tasks, expert_demonstrations
@@ -122,6 +123,11 @@ def ratio_tail(ratios: torch.Tensor) -> dict[str, float]:
     return dict(zip(RATIO_TAIL_KEYS, [float(v) for v in q] + [float(abs_log), ess]))
 
 
+def _turn_count(sample: Sample) -> int:
+    """The turns a sample holds (maximal runs of one turn index on agent tokens)."""
+    return sum(1 for i, t in enumerate(sample.turn_index) if t >= 0 and (i == 0 or sample.turn_index[i - 1] != t))
+
+
 def _groups(episodes: list[Episode]) -> list[list[Episode]]:
     """Episodes by group id, in order of first appearance."""
     groups: dict[int, list[Episode]] = {}
@@ -144,6 +150,8 @@ class TrainBatch:
     advantages: torch.Tensor
     weights: torch.Tensor
     policy_version: torch.Tensor      # [B]: the policy version that generated each sample
+    old_values: torch.Tensor          # with a critic: the turn's value at rollout (0 without)
+    value_targets: torch.Tensor       # with a critic: the turn's GAE value target (0 without)
 
 
 def make_batch(samples: list[Sample], token_weights: list[float], pad_id: int, device) -> TrainBatch:
@@ -163,6 +171,7 @@ def make_batch(samples: list[Sample], token_weights: list[float], pad_id: int, d
         advantages=per_token("advantages", torch.float32),
         weights=loss_mask * torch.tensor(token_weights, dtype=torch.float32, device=device)[:, None],
         policy_version=torch.tensor([s.policy_version for s in samples], dtype=torch.long, device=device),
+        old_values=per_token("old_values", torch.float32), value_targets=per_token("value_targets", torch.float32),
     )
 
 
@@ -176,14 +185,22 @@ class ClipBiasNormaliser:
     def __init__(self, params: list[torch.nn.Parameter], tau: float, accelerator: Accelerator):
         self.params, self.tau, self.accelerator = params, tau, accelerator
         self.buffer: list[torch.Tensor] | None = None
+        self.held: list[torch.Tensor] | None = None   # gradient of the value loss on the policy's parameters
+
+    def _grads(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(loss, self.params, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
 
     def accumulate(self, ratio: torch.Tensor, advantages: torch.Tensor, clipped: torch.Tensor,
-                   weights: torch.Tensor, normaliser: float) -> None:
-        """Add a micro-batch's C: the gradient of its `clip_bias_loss` under the minibatch's loss normaliser."""
-        loss_c = clip_bias_loss(ratio, advantages, clipped, weights) / normaliser
-        grads = torch.autograd.grad(loss_c, self.params, retain_graph=True, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+                   weights: torch.Tensor, normaliser: float, unscaled_loss: torch.Tensor | None = None) -> None:
+        """Add a micro-batch's C: the gradient of its `clip_bias_loss` under the minibatch's loss normaliser.
+        `unscaled_loss` (a value loss through the policy's own trunk) is part of the backward but not of the
+        policy gradient: its gradient on the policy's parameters is held, so the scale leaves it as it is."""
+        grads = self._grads(clip_bias_loss(ratio, advantages, clipped, weights) / normaliser)
         self.buffer = grads if self.buffer is None else [b + g for b, g in zip(self.buffer, grads)]
+        if unscaled_loss is not None:
+            held = self._grads(unscaled_loss)
+            self.held = held if self.held is None else [h + g for h, g in zip(self.held, held)]
 
     def scale_gradients(self) -> float:
         """Scale the accumulated policy gradient; returns ‖C‖ (0 when nothing was accumulated)."""
@@ -195,18 +212,23 @@ class ClipBiasNormaliser:
             flat = self.accelerator.reduce(flat, reduction="sum")
         norm = float(flat.norm())
         scale = clip_bias_scale(norm, self.tau)
+        held = self.held
+        if held is not None and self.accelerator.num_processes > 1:   # synchronised gradients are means
+            held = [self.accelerator.reduce(h, reduction="mean") for h in held]
         if scale != 1.0:
-            for p in self.params:
+            for i, p in enumerate(self.params):
                 if p.grad is not None:
                     p.grad.mul_(scale)
-        self.buffer = None
+                    if held is not None:   # the value loss's share, unscaled: g = s (g - h) + h
+                        p.grad.add_(held[i], alpha=1.0 - scale)
+        self.buffer = self.held = None
         return norm
 
 
 class NoClipBias:
     """clip_bias_norm off: nothing to accumulate, the gradient as it is."""
 
-    def accumulate(self, ratio, advantages, clipped, weights, normaliser) -> None:
+    def accumulate(self, ratio, advantages, clipped, weights, normaliser, unscaled_loss=None) -> None:
         pass
 
     def scale_gradients(self) -> float | None:
@@ -246,7 +268,13 @@ class Trainer:
         if config.kl_coef > 0 and not config.lora:
             self.reference = copy.deepcopy(model).requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        # advantage gae: a turn-level critic (value head on the policy's trunk, or a separate value model)
+        self.critic = Critic(config.critic, model) if config.advantage == "gae" else None
+        groups = [{"params": params}]
+        if self.critic is not None:
+            self.critic.to(self.accelerator.device)
+            groups.append({"params": list(self.critic.parameters()), "lr": config.critic_learning_rate})
+        optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.reference is not None:
             self.reference.to(self.accelerator.device)
@@ -340,6 +368,56 @@ class Trainer:
         value = torch.tensor([0.0 if flag else 1.0], device=self.accelerator.device)
         return float(self.accelerator.reduce(value, reduction="sum")) == 0.0
 
+    def sync_critic_gradients(self) -> None:
+        """Average the critic's own gradients over processes (the policy's are synchronised by accelerate; the
+        critic is not wrapped). A process without samples contributes zeros."""
+        if self.accelerator.num_processes == 1:
+            return
+        for p in self.critic.parameters():
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            p.grad = self.accelerator.reduce(grad, reduction="mean")
+
+    @torch.no_grad()
+    def turn_values(self, samples: list[Sample]) -> dict[tuple[int, int], float]:
+        """The critic's value of each turn's state, {(episode index, turn): value}, read at the turn's first token."""
+        values: dict[tuple[int, int], float] = {}
+        size = self.config.micro_batch_size
+        for i in range(0, len(samples), size):
+            micro = samples[i: i + size]
+            batch = make_batch(micro, [1.0] * len(micro), self.policy.pad_id, self.accelerator.device)
+            hidden = None
+            if self.critic.needs_policy_hidden:
+                _, hidden = token_logprobs(self.model, batch.input_ids, batch.attention_mask, return_hidden=True)
+            v = self.critic.values(batch.input_ids, batch.attention_mask, positions_from_mask(batch.attention_mask),
+                                   hidden)
+            starts = turn_starts(batch.turn_index)
+            for row, col in starts.nonzero().tolist():
+                values[(micro[row].episode_index, int(batch.turn_index[row, col]))] = float(v[row, col])
+        return values
+
+    def training_samples(self, episodes: list[Episode]) -> tuple[list[Sample], list[list[float]]]:
+        """The episodes' training samples and per-turn advantages. With advantage gae the critic values every
+        turn first; GAE over turns gives the advantages, and each sample carries its turns' values and targets."""
+        cfg = self.config
+        if cfg.advantage != "gae":
+            advantages = episode_turn_advantages(cfg, episodes)
+            return [s for i, (e, adv) in enumerate(zip(episodes, advantages))
+                    for s in episode_samples(e, adv, i)], advantages
+        unscored = [s for i, e in enumerate(episodes) for s in episode_samples(e, [0.0] * len(e.turns), i)]
+        values = self.turn_values(unscored)
+        # a turn without tokens (nothing generated) has no state to read and nothing to train: value 0
+        turn_values = [[values.get((i, t), 0.0) for t in range(len(e.turns))] for i, e in enumerate(episodes)]
+        rewards = [[t.reward - t.penalty for t in e.turns] for e in episodes]
+        advantages, targets = episode_gae(rewards, turn_values, gamma=cfg.gamma, lam=cfg.gae_lambda,
+                                          norm=cfg.advantage_norm)
+        samples = []
+        for i, (e, adv) in enumerate(zip(episodes, advantages)):
+            for sample in episode_samples(e, adv, i):
+                sample.old_values = [turn_values[i][t] if t >= 0 else 0.0 for t in sample.turn_index]
+                sample.value_targets = [targets[i][t] if t >= 0 else 0.0 for t in sample.turn_index]
+                samples.append(sample)
+        return samples, advantages
+
     @torch.no_grad()
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         temperature = self.policy.logprob_temperature
@@ -382,7 +460,7 @@ class Trainer:
         Samples without signal cost no forward or backward; they still count in the loss normaliser, so the
         loss and its gradient are the same as if they had been computed. A minibatch without signal on any
         process takes no optimizer step (AdamW's momentum would otherwise move the weights on a zero gradient)."""
-        if self.config.kl_coef > 0:
+        if self.config.kl_coef > 0 or self.critic is not None:   # a KL or value loss on every agent token
             return bool(sum(sample.loss_mask))
         return any(a != 0.0 for a, m in zip(sample.advantages, sample.loss_mask) if m)
 
@@ -394,6 +472,8 @@ class Trainer:
                  "ratio_max": 0.0, "logprob_max_abs_diff": None}
         agent_tokens = computed_tokens = skipped = steps = 0
         clip_bias_norms: list[float] = []
+        grad_norms: list[float] = []   # the policy's gradient norm before clipping, per optimizer step
+        value_stats = [0.0, 0.0, 0.0]   # with a critic: summed value loss, clipped values, turns
         ratios: list[torch.Tensor] = []   # the ratios the objective saw, for the tail statistics
         clip_by_staleness: dict[int, list] = {}   # staleness -> [clipped tokens, tokens]
         first_update = True
@@ -414,6 +494,8 @@ class Trainer:
                     if self.all_processes(not active or not local_weight):
                         continue   # no process has anything to learn from here: no forward, no step
                     minibatch_weight = self.global_normaliser(local_weight)
+                    value_weight = self.global_normaliser(sum(_turn_count(s) for s in minibatch)) \
+                        if self.critic is not None else 1.0
                     if not active or not local_weight:   # others have: stay in step with them
                         self.zero_backward()
                         active = []
@@ -423,13 +505,32 @@ class Trainer:
                         batch = make_batch(micro, [self.token_weight(s) for s in micro], self.policy.pad_id,
                                            acc.device)
                         mask = batch.loss_mask
-                        new = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
-                                             self.policy.logprob_temperature)
+                        shared_trunk = self.critic is not None and self.critic.needs_policy_hidden
+                        new, hidden = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                                                     self.policy.logprob_temperature, return_hidden=True) \
+                            if shared_trunk else (token_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                                                                 self.policy.logprob_temperature), None)
                         ratio = torch.exp(self.log_ratio(new - batch.behaviour, batch.turn_index, mask))
                         loss_tokens, clipped = ppo_clip_loss(ratio, batch.advantages, cfg.clip_eps, cfg.clip_eps_high,
                                                              cfg.dual_clip)
                         loss = (loss_tokens * batch.weights).sum() / minibatch_weight
-                        self.clip_bias.accumulate(ratio, batch.advantages, clipped, batch.weights, minibatch_weight)
+                        value_loss = None
+                        if self.critic is not None:   # clipped value loss at the first token of each turn
+                            starts = turn_starts(batch.turn_index).float()
+                            values = self.critic.values(batch.input_ids, batch.attention_mask,
+                                                        positions_from_mask(batch.attention_mask), hidden)
+                            per_turn = clipped_value_loss(values, batch.old_values, batch.value_targets,
+                                                          cfg.value_clip)
+                            value_loss = cfg.vf_coef * (per_turn * starts).sum() / value_weight
+                            with torch.no_grad():
+                                value_stats[0] += float((per_turn * starts).sum())
+                                value_stats[1] += float(((values - batch.old_values).abs() > cfg.value_clip).float()
+                                                        .mul(starts).sum())
+                                value_stats[2] += float(starts.sum())
+                        self.clip_bias.accumulate(ratio, batch.advantages, clipped, batch.weights, minibatch_weight,
+                                                  unscaled_loss=value_loss if shared_trunk else None)
+                        if value_loss is not None:
+                            loss = loss + value_loss
                         if cfg.kl_coef > 0:
                             kl = kl_k3(new, self.reference_logprobs(batch))
                             loss = loss + cfg.kl_coef * (kl * batch.weights).sum() / minibatch_weight
@@ -462,8 +563,12 @@ class Trainer:
                     c_norm = self.clip_bias.scale_gradients()
                     if c_norm is not None:
                         clip_bias_norms.append(c_norm)
-                    if cfg.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    if self.critic is not None:
+                        self.sync_critic_gradients()
+                    if cfg.max_grad_norm > 0:   # policy and critic clipped apart, as verl's actor and critic
+                        grad_norms.append(float(acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)))
+                        if self.critic is not None:
+                            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad()
                     steps += 1
@@ -480,7 +585,11 @@ class Trainer:
         if cfg.max_staleness:   # clip fraction of the tokens of each staleness (0 = fresh)
             stats.update({f"clip_fraction_staleness{age}": clipped / max(tokens, 1)
                           for age, (clipped, tokens) in sorted(clip_by_staleness.items())})
-        stats.update(train_tokens=computed_tokens, skipped_samples=skipped, optimizer_steps=steps)
+        stats.update(train_tokens=computed_tokens, skipped_samples=skipped, optimizer_steps=steps,
+                     grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else None)
+        if self.critic is not None:
+            stats.update(value_loss=value_stats[0] / max(value_stats[2], 1),
+                         value_clip_fraction=value_stats[1] / max(value_stats[2], 1))
         if self.config.clip_bias_norm:   # ‖C(θ)‖ of each optimizer step: its mean and largest value
             stats.update(clip_bias_norm_mean=sum(clip_bias_norms) / max(len(clip_bias_norms), 1),
                          clip_bias_norm_max=max(clip_bias_norms, default=0.0))
@@ -545,7 +654,9 @@ class Trainer:
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, tmp / "model", self.config.model)
-        torch.save({"iteration": iteration, "optimizer": self.optimizer.state_dict()}, tmp / "trainer_state.pt")
+        torch.save({"iteration": iteration, "optimizer": self.optimizer.state_dict(),
+                    "critic": None if self.critic is None else self.critic.state_dict(),
+                    "replay": self.replay.episodes}, tmp / "trainer_state.pt")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
         for old in sorted((self.run_dir / "checkpoints").glob("iter-*"))[:-2]:   # keep the last two
@@ -562,6 +673,11 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         _load_weights(model, latest / "model")
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.critic is not None:
+            if state.get("critic") is None:
+                raise RuntimeError(f"checkpoint {latest} holds no critic, but this config trains one (advantage gae)")
+            self.critic.load_state_dict(state["critic"])
+        self.replay.episodes = list(state.get("replay") or [])
         return int(state["iteration"])
 
 
@@ -694,9 +810,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         rollout_seconds = time.perf_counter() - t0
         stale = trainer.replay.stale(iteration - 1)   # earlier iterations' episodes (max_staleness 0: none)
         trainer.replay.add(episodes)
-        advantages = episode_turn_advantages(config, stale + episodes)
-        samples = [s for i, (e, adv) in enumerate(zip(stale + episodes, advantages))
-                   for s in episode_samples(e, adv, i)]
+        samples, advantages = trainer.training_samples(stale + episodes)   # gae: the critic's values first
         advantages = advantages[len(stale):]   # the fresh episodes' advantages, for the metrics below
         t1 = time.perf_counter()
         stats = trainer.update(samples, iteration)
@@ -757,6 +871,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         record("after_rl")
     if acc.is_main_process:
         save_model(acc.unwrap_model(trainer.model), trainer.tokenizer, run_dir / "final", config.model)
+        if trainer.critic is not None:   # the value head or value model, beside the policy
+            torch.save(trainer.critic.state_dict(), run_dir / "final" / "critic.pt")
         write_curves(metrics_file, run_dir / "curves.png", evals)
         if evals and trainer.progress:
             print_eval_table(evals)
