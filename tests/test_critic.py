@@ -180,3 +180,29 @@ def test_resume_restores_the_critic_and_the_replay_buffer(tmp_path, nudged_tiny)
     a, b = torch.load(whole / "final" / "critic.pt"), torch.load(cut / "final" / "critic.pt")
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_search_episodes_join_training_as_off_policy_data(tmp_path, nudged_tiny):
+    """Episodes recorded elsewhere (here: a rollout of the same model, as `turnrl search` writes them) train beside
+    fresh rollouts with their behaviour log-probs; the settings are checked before any work."""
+    values = {"env": "lights", "env_kwargs": {"n_lamps": 1}, "model": str(nudged_tiny), "algorithm": "st-ppo",
+              "tasks_per_iteration": 2, "group_size": 2, "max_turns": 2, "max_new_tokens": 8, "iterations": 2,
+              "learning_rate": 1e-3, "checkpoint_every": 0}
+    recorder = Trainer(load_config(None, {**values, "output_dir": str(tmp_path / "rec")}), progress=False)
+    episodes = recorder.play(recorder.iteration_tasks(1), recorder.generator(1))
+    path = tmp_path / "episodes.jsonl"
+    path.write_text("".join(json.dumps(e.to_json()) + "\n" for e in episodes[:3]))
+    config = load_config(None, {**values, "search_episodes": str(path), "output_dir": str(tmp_path / "run")})
+    assert config.search_episodes_per_iteration == 2
+    rows = [json.loads(line) for line in (train(config, progress=False) / "metrics.jsonl").read_text().splitlines()]
+    per_sample = 1   # full context: one sample per episode
+    assert [row["search_samples"] for row in rows] == [2 * per_sample, 2 * per_sample]
+    assert all(row["samples"] == 4 + 2 for row in rows)
+    with pytest.raises(ConfigError, match="search_episodes needs advantage gae"):
+        load_config(None, {**values, "algorithm": "grpo", "search_episodes": str(path)})
+    with pytest.raises(ConfigError, match="applies with search_episodes only"):
+        load_config(None, {**values, "search_episodes_per_iteration": 3})
+    window = load_config(None, {**values, "context": "window:1", "search_episodes": str(path),
+                                "output_dir": str(tmp_path / "w")})
+    with pytest.raises(ValueError, match="recorded with context full"):
+        Trainer(window, progress=False)

@@ -1,4 +1,4 @@
-"""The `turnrl` command line: envs | doctor | train | eval | sft.
+"""The `turnrl` command line: envs | doctor | train | eval | sft | report | play.
 
 Every command that takes `--env` also takes `--env-module FILE_OR_MODULE`, imported first so that a
 user's own file can call `register_env`.
@@ -51,6 +51,16 @@ def _check_env(env: str, split: str | None = None, env_kwargs: dict | None = Non
     return instance
 
 
+def _check_writable(folder: Path) -> None:
+    """Fail before any work when outputs cannot be written under `folder` (created if missing)."""
+    from turnrl.outputs import check_writable
+
+    try:
+        check_writable(folder)
+    except OSError as err:
+        _fail(str(err))
+
+
 def _parse_json(value: str | None, name: str) -> dict:
     if not value:
         return {}
@@ -78,6 +88,7 @@ def doctor(
     model: str = typer.Option("tiny", help="hub id, local path, or alias (tiny, smollm2-135m)"),
     env: str = typer.Option("guess-number", help="environment whose turns are checked"),
     env_module: str | None = EnvModule,
+    env_kwargs: str | None = typer.Option(None, help="JSON object of environment keyword arguments"),
     episodes: int = typer.Option(6, help="rollouts per context mode"),
     max_turns: int = typer.Option(3),
     max_new_tokens: int = typer.Option(24),
@@ -86,17 +97,19 @@ def doctor(
 ) -> None:
     """Check a model: chat template prefix preservation and log-prob agreement (exit 1 if > 1e-4 in float32)."""
     _load_env_module(env_module)
-    _check_env(env)
+    kwargs = _parse_json(env_kwargs, "--env-kwargs")
+    _check_env(env, env_kwargs=kwargs)
     from turnrl.agents.doctor import TOLERANCE, logprob_agreement, template_check
     from turnrl.agents.models import load_model
     from turnrl.agents.policy import Policy
 
     model_obj, tokenizer = load_model(model, dtype=dtype)
-    preserving, detail = template_check(tokenizer, env)
+    preserving, detail = template_check(tokenizer, env, env_kwargs=kwargs)
     console.print(f"chat template prefix-preserving: {'yes' if preserving else 'no'} ({detail})")
     contexts = ("full", "window:2") if preserving else ("window:2",)
     policy = Policy(model_obj, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
-    diffs = logprob_agreement(policy, env, contexts=contexts, episodes=episodes, max_turns=max_turns)
+    diffs = logprob_agreement(policy, env, contexts=contexts, episodes=episodes, max_turns=max_turns,
+                              env_kwargs=kwargs)
     for context, diff in diffs.items():
         console.print(f"  {context}: {diff:.3e}")
     worst = max(diffs.values())
@@ -131,11 +144,12 @@ def train(
     _check_env(cfg.env, cfg.split, cfg.env_kwargs)
     if cfg.eval_episodes:
         _check_env(cfg.env, cfg.eval_split, cfg.env_kwargs)
+    from turnrl.algorithms.trainer import RunError
     from turnrl.algorithms.trainer import train as run_training
 
     try:
         run_dir = run_training(cfg, resume=resume)
-    except FileExistsError as err:
+    except (FileExistsError, RunError) as err:
         _fail(str(err))
     console.print(f"run folder: {escape(str(run_dir))}")
 
@@ -173,6 +187,13 @@ def eval_command(
         builder = PromptBuilder(style=prompt_style)
     except ValueError as err:
         _fail(str(err))
+    if episodes < 1 or max_turns < 1:
+        _fail(f"--episodes and --max-turns must be at least 1 (got {episodes} and {max_turns})")
+    trajectories = output.with_suffix(".jsonl")
+    if trajectories == output:
+        _fail(f"--output {output} would be overwritten by the trajectories ({trajectories}); give the summary a "
+              ".json name")
+    _check_writable(output.parent)
     from turnrl.agents.rollout import EpisodeSpec, evaluate, expert_choice, random_choice, scripted_rollout
     from turnrl.episode import summarize
 
@@ -197,12 +218,15 @@ def eval_command(
         played = evaluate(agent, env, tasks, env_kwargs=kwargs, context=context, max_turns=max_turns, seed=seed,
                           prompt_builder=builder, cross_turn_cache=cross_turn_cache)
     summary = {"env": env, "split": split, "model": model, "policy": policy or "model", **summarize(played)}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2))
-    trajectories = output.with_suffix(".jsonl")
-    with trajectories.open("w") as fh:
-        for episode in played:
-            fh.write(json.dumps(episode.to_json(), default=str) + "\n")
+    from turnrl.outputs import write_text_atomic
+
+    write_text_atomic(trajectories, "".join(json.dumps(e.to_json(), default=str, allow_nan=False) + "\n"
+                                            for e in played))
+    write_text_atomic(output, json.dumps(summary, indent=2, allow_nan=False))
+    for episode in played:
+        if episode.failed:
+            console.print(f"[yellow]episode failed[/yellow] (task {escape(repr(episode.task))}): "
+                          f"{escape(episode.error or '')}")
     print(json.dumps(summary, indent=2))
     console.print(f"trajectories: {escape(str(trajectories))}")
 
@@ -241,6 +265,78 @@ def sft(
                     context=context, max_turns=max_turns, epochs=epochs, learning_rate=learning_rate,
                     batch_size=batch_size, lora=lora, seed=seed, prompt_style=prompt_style)
     console.print(f"model saved to {escape(str(final))}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a run folder (the output_dir of `turnrl train`), finished or not"),
+    output: Path | None = typer.Option(None, help="the HTML file to write (default RUN_DIR/report.html)"),
+    max_episodes: int = typer.Option(200, help="episodes in the viewer (the first ones: evaluations, then samples)"),
+) -> None:
+    """Write one self-contained HTML report of a run: curves, config, evaluations, episodes, search trees."""
+    from turnrl.report import ReportError, write_report
+
+    if max_episodes < 1:
+        _fail(f"--max-episodes must be at least 1 (got {max_episodes})")
+    try:
+        path = write_report(run_dir, output, max_episodes=max_episodes)
+    except ReportError as err:
+        _fail(str(err))
+    console.print(f"report: {escape(str(path))}")
+
+
+@app.command()
+def play(
+    env: str = typer.Argument(..., help="environment name (see `turnrl envs`)"),
+    env_module: str | None = EnvModule,
+    env_kwargs: str | None = typer.Option(None, help="JSON object of environment keyword arguments"),
+    split: str = typer.Option("test", help="task split"),
+    task_index: int = typer.Option(0, help="which task of the split (0 = the first)"),
+    seed: int = typer.Option(0),
+    max_turns: int = typer.Option(50, help="the episode stops after this many actions"),
+    output: Path | None = typer.Option(None, help="trajectory JSONL the episode is appended to "
+                                                  "(default play_ENV.jsonl in the current folder)"),
+) -> None:
+    """Play an environment yourself: pick a numbered action or type one; `hint` asks the expert, `quit` ends."""
+    _load_env_module(env_module)
+    kwargs = _parse_json(env_kwargs, "--env-kwargs")
+    instance = _check_env(env, split, kwargs)
+    tasks = list(instance.tasks(split))
+    if not 0 <= task_index < len(tasks):
+        _fail(f"--task-index must be in 0..{len(tasks) - 1} for split {split!r} (got {task_index})")
+    if max_turns < 1:
+        _fail(f"--max-turns must be at least 1 (got {max_turns})")
+    from turnrl.play import default_output, play_episode, save_episode
+
+    episode = play_episode(instance, env, tasks[task_index], seed=seed, max_turns=max_turns, console=console)
+    path = save_episode(episode, output or default_output(env))
+    console.print(f"episode saved to {escape(str(path))}")
+
+
+@app.command()
+def serve(
+    env: str = typer.Option(..., help="environment name (any registered one, a user's with --env-module)"),
+    env_module: str | None = EnvModule,
+    env_kwargs: str | None = typer.Option(None, help="JSON object of environment keyword arguments"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 for every interface)"),
+    port: int = typer.Option(8000),
+    max_sessions: int = typer.Option(64, help="concurrent sessions (one environment each); more are refused"),
+    idle_timeout: float = typer.Option(600.0, help="seconds without a message after which a session is closed "
+                                                   "(0: never)"),
+) -> None:
+    """Serve an environment as an OpenEnv server (WebSocket /ws sessions), for TRL, SkyRL and other trainers."""
+    _load_env_module(env_module)
+    kwargs = _parse_json(env_kwargs, "--env-kwargs")
+    _check_env(env, env_kwargs=kwargs)
+    try:
+        from turnrl.environments.serve import serve as run_server
+    except ModuleNotFoundError as err:
+        _fail(f"turnrl serve needs the openenv package ({err}): pip install 'turnrl[openenv]'")
+    try:
+        run_server(env, kwargs, host=host, port=port, max_sessions=max_sessions,
+                   idle_timeout=idle_timeout if idle_timeout > 0 else None)
+    except ValueError as err:
+        _fail(str(err))
 
 
 def main() -> None:

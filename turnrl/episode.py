@@ -54,6 +54,8 @@ class Episode:
     token_ids: list[int] | None = None      # full mode: the whole conversation's ids
     stop_reason: str = ""                   # "done" or "max_turns"
     policy_version: int = 0                 # optimizer updates (iterations) done before it was generated
+    error: str | None = None                # why the environment failed it (stop_reason "failed"), e.g.
+                                            # "step: ValueError: ..." (cause: reset, step, malformed, timeout)
 
     @property
     def total_reward(self) -> float:
@@ -62,6 +64,15 @@ class Episode:
     @property
     def total_penalty(self) -> float:
         return float(sum(turn.penalty for turn in self.turns))
+
+    @property
+    def failed(self) -> bool:
+        return self.stop_reason == "failed"
+
+    @property
+    def failure_cause(self) -> str | None:
+        """reset, step, malformed or timeout for a failed episode, else None."""
+        return self.error.split(":", 1)[0] if self.failed and self.error else None
 
     @property
     def success(self) -> bool:
@@ -79,6 +90,22 @@ class Episode:
         record = asdict(self)
         record.update(success=self.success, score=self.score, total_reward=self.total_reward)
         return record
+
+    @classmethod
+    def from_json(cls, record: dict) -> Episode:
+        """The episode a `to_json` record describes (the derived keys success, score, total_reward are ignored;
+        JSON lists become the tuples and ids they were)."""
+        names = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in record.items() if k in names}
+        turns = []
+        for turn in values.pop("turns", []):
+            turn = dict(turn)
+            if turn.get("span") is not None:
+                turn["span"] = tuple(turn["span"])
+            turns.append(Turn(**{k: v for k, v in turn.items() if k in Turn.__dataclass_fields__}))
+        if isinstance(values.get("group_id"), list):
+            values["group_id"] = tuple(values["group_id"])
+        return cls(turns=turns, **values)
 
 
 @dataclass
@@ -148,4 +175,5 @@ def summarize(episodes: list[Episode]) -> dict:
         "mean_turns": len(turns) / n if n else 0.0,
         "invalid_action_rate": sum(turn.invalid for turn in turns) / len(turns) if turns else 0.0,
         "episodes": n,
+        "failed_episodes": sum(e.failed for e in episodes),
     }

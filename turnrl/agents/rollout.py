@@ -6,7 +6,10 @@ same episode records (without tokens), for evaluation and demonstrations.
 
 from __future__ import annotations
 
+import math
 import random
+import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +37,68 @@ def group_specs(tasks: list, group_size: int, seed: int) -> list[EpisodeSpec]:
     return [EpisodeSpec(task, seed, g) for g, task in enumerate(tasks) for _ in range(group_size)]
 
 
+class EnvFailure(Exception):
+    """An environment failed an episode: it raised, returned a malformed result, or took too long."""
+
+    def __init__(self, cause: str, detail: str):
+        super().__init__(f"{cause}: {detail}")
+        self.cause = cause
+
+
+def _last_line(err: BaseException) -> str:
+    """The exception as the last line of its traceback (type and message), shortened."""
+    line = traceback.format_exception_only(type(err), err)[-1].strip()
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def call_env(cause: str, fn: Callable, *args, timeout: float | None = None):
+    """`fn(*args)` with failures turned into `EnvFailure(cause, ...)`. With `timeout`, the call runs in a daemon
+    thread that is abandoned if it has not finished in time (the environment is then not used again)."""
+    if timeout is None:
+        try:
+            return fn(*args)
+        except Exception as err:   # a user's environment may raise anything; it costs only its episode
+            raise EnvFailure(cause, _last_line(err)) from err
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = fn(*args)
+        except Exception as err:  # noqa: BLE001 (handed to the caller, as in the call without a timeout)
+            outcome["error"] = err
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise EnvFailure("timeout", f"{cause} took more than {timeout:g}s (env_step_timeout)")
+    if "error" in outcome:
+        raise EnvFailure(cause, _last_line(outcome["error"])) from outcome["error"]
+    return outcome["value"]
+
+
+def checked_result(result) -> StepResult:
+    """A `StepResult` whose fields can be trained on: a string observation, a finite numeric reward, a done flag and
+    an info dict (None is read as {}); anything else is a malformed result that fails the episode."""
+    if not isinstance(result, StepResult):
+        raise EnvFailure("malformed", f"step returned {type(result).__name__}, not a StepResult")
+    if not isinstance(result.observation, str):
+        raise EnvFailure("malformed", f"observation is {type(result.observation).__name__}, not a string")
+    if isinstance(result.reward, bool) or not isinstance(result.reward, (int, float)) or \
+            not math.isfinite(result.reward):
+        raise EnvFailure("malformed", f"reward is {result.reward!r}, not a finite number")
+    info = {} if result.info is None else result.info
+    if not isinstance(info, dict):
+        raise EnvFailure("malformed", f"info is {type(info).__name__}, not a dict")
+    return StepResult(result.observation, float(result.reward), bool(result.done), info)
+
+
+def checked_observation(observation) -> str:
+    if not isinstance(observation, str):
+        raise EnvFailure("malformed", f"reset returned {type(observation).__name__}, not a string observation")
+    return observation
+
+
 class _Live:
     """The state of one episode during a rollout."""
 
@@ -50,8 +115,12 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
             context: str = "full", max_turns: int = 10, invalid_penalty: float = 0.1,
             prompt_builder: PromptBuilder | None = None, generator: torch.Generator | None = None,
             max_context_tokens: int | None = None, cross_turn_cache: bool = True,
-            progress: Callable[[dict], None] | None = None) -> list[Episode]:
+            progress: Callable[[dict], None] | None = None, step_timeout: float | None = None) -> list[Episode]:
     """Play one episode per (environment, spec) pair with one batched generation per turn.
+
+    An environment that raises in `reset` or `step`, returns a malformed result (`checked_result`) or takes longer
+    than `step_timeout` seconds fails only its own episode: it ends with stop_reason "failed" and `error`
+    ("cause: last line of the traceback"), and the others go on.
 
     In `full` context with `cross_turn_cache`, each live conversation's KV cache is kept between turns
     and only its new segment is prefilled (`TurnCache`); the tokens and log-probs are the same as
@@ -66,15 +135,20 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
         cache = TurnCache()
     builder = prompt_builder or PromptBuilder()
     chat = ChatTokens(policy.tokenizer)
-    live = []
+    live, episodes = [], []
     for env, spec in zip(envs, specs):
-        observation = env.reset(task=spec.task, seed=spec.seed)
-        state = _Live(env, Episode(env_name, spec.task, spec.seed, spec.group_id, context), observation)
+        episode = Episode(env_name, spec.task, spec.seed, spec.group_id, context)
+        episodes.append(episode)
+        try:
+            observation = checked_observation(call_env("reset", env.reset, spec.task, spec.seed, timeout=step_timeout))
+        except EnvFailure as failure:
+            episode.stop_reason, episode.error = "failed", str(failure)
+            continue
+        state = _Live(env, episode, observation)
         if window is None:
             state.messages = builder.first_message(env, observation)
             state.episode.token_ids = chat.prompt_ids(state.messages, tools=env.tool_schemas)
         live.append(state)
-    episodes = [state.episode for state in live]
 
     turn_number, generated = 0, 0
     while live:
@@ -90,22 +164,28 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
                                       **({"cache": cache} if cache is not None else {}))
         still_live, kept_rows = [], []
         for row, (state, prompt, completion) in enumerate(zip(live, prompts, completions)):
-            if state.env.parses_responses:
-                # The environment reads its own tags; a response it cannot use is its invalid turn.
-                action = completion.text
-                result = state.env.step(action)
-                penalty = invalid_penalty if result.info.get("invalid") else 0.0
-                remembered = without_think(action) or "(empty response)"
-            else:
-                parsed = parse_response(completion.text)
-                action = remembered = parsed.action
-                if parsed.valid:
-                    result = state.env.step(parsed.action)
-                    penalty = 0.0
+            def step(action: str, env: Environment = state.env) -> StepResult:
+                return checked_result(call_env("step", env.step, action, timeout=step_timeout))
+
+            try:
+                if state.env.parses_responses:
+                    # The environment reads its own tags; a response it cannot use is its invalid turn.
+                    action = completion.text
+                    result = step(action)
+                    penalty = invalid_penalty if result.info.get("invalid") else 0.0
+                    remembered = without_think(action) or "(empty response)"
                 else:
-                    result = StepResult(invalid_response_observation(parsed.error), 0.0, False, {"invalid": True})
-                    penalty = invalid_penalty
-                    remembered = "(no valid action)"
+                    parsed = parse_response(completion.text)
+                    action = remembered = parsed.action
+                    result = step(parsed.action) if parsed.valid else None
+                    penalty = 0.0
+            except EnvFailure as failure:   # this episode ends here; the batch goes on without it
+                state.episode.stop_reason, state.episode.error = "failed", str(failure)
+                continue
+            if not state.env.parses_responses and not parsed.valid:
+                result = StepResult(invalid_response_observation(parsed.error), 0.0, False, {"invalid": True})
+                penalty = invalid_penalty
+                remembered = "(no valid action)"
             turn = Turn(
                 observation=state.observation, response=completion.text, action=action,
                 completion_ids=completion.token_ids, logprobs=completion.logprobs,
@@ -154,14 +234,23 @@ def scripted_rollout(envs: list[Environment], specs: list[EpisodeSpec], choose: 
     """Play episodes with a scripted policy (`choose(env) -> action`), one environment after another."""
     episodes = []
     for env, spec in zip(envs, specs):
-        observation = env.reset(task=spec.task, seed=spec.seed)
         episode = Episode(env_name, spec.task, spec.seed, spec.group_id, context="scripted")
+        episodes.append(episode)
+        try:
+            observation = checked_observation(call_env("reset", env.reset, spec.task, spec.seed))
+        except EnvFailure as failure:   # costs this episode only, as in `rollout`
+            episode.stop_reason, episode.error = "failed", str(failure)
+            continue
         while True:
             action = choose(env)
             if action is None:
                 raise ValueError(f"environment {env_name!r} gave no action for this policy (no expert or no "
                                  "admissible actions at this state)")
-            result = env.step(action)
+            try:
+                result = checked_result(call_env("step", env.step, action))
+            except EnvFailure as failure:
+                episode.stop_reason, episode.error = "failed", str(failure)
+                break
             episode.turns.append(Turn(
                 observation=observation, response=action, action=action, completion_ids=[], logprobs=[],
                 reward=float(result.reward), done=bool(result.done), info=dict(result.info),
@@ -174,7 +263,6 @@ def scripted_rollout(envs: list[Environment], specs: list[EpisodeSpec], choose: 
                 episode.stop_reason = "max_turns"
             if episode.stop_reason:
                 break
-        episodes.append(episode)
     return episodes
 
 
@@ -199,7 +287,7 @@ def evaluate(policy: Policy, env_name: str, tasks: list, *, env_kwargs: dict | N
              max_turns: int = 10, seed: int = 0, invalid_penalty: float = 0.0,
              prompt_builder: PromptBuilder | None = None, batch_size: int = 32,
              generator: torch.Generator | None = None, cross_turn_cache: bool = True,
-             progress: Callable[[dict], None] | None = None) -> list[Episode]:
+             progress: Callable[[dict], None] | None = None, step_timeout: float | None = None) -> list[Episode]:
     """One episode per task with a model policy, in batches of `batch_size` environments. Sampling draws
     from `generator` (default: one seeded with `seed`), so an evaluation is repeatable."""
     if generator is None:
@@ -211,7 +299,10 @@ def evaluate(policy: Policy, env_name: str, tasks: list, *, env_kwargs: dict | N
         chunk = specs[start: start + batch_size]
         episodes += rollout(policy, envs[: len(chunk)], chunk, env_name=env_name, context=context,
                             max_turns=max_turns, invalid_penalty=invalid_penalty, prompt_builder=prompt_builder,
-                            generator=generator, cross_turn_cache=cross_turn_cache, progress=progress)
+                            generator=generator, cross_turn_cache=cross_turn_cache, progress=progress,
+                            step_timeout=step_timeout)
+        if any(e.failure_cause == "timeout" for e in episodes[start:]):   # an abandoned step may still run
+            envs = [make_env(env_name, **(env_kwargs or {})) for _ in envs]
     for env in envs:
         env.close()
     return episodes

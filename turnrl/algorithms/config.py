@@ -97,6 +97,13 @@ class TrainConfig:
     cross_turn_cache: bool | None = _f(None, "full context: keep each live conversation's KV cache between turns and "
                                              "prefill only the new segment (default true; false for models whose "
                                              "cache cannot be extended)")
+    env_step_timeout: float | None = _f(300.0, "seconds an environment's reset or step may take before its episode "
+                                               "fails (run in a worker thread; null = no limit)")
+    max_failed_fraction: float = _f(0.5, "stop the run (its last checkpoint intact) when more than this share of an "
+                                         "iteration's episodes failed in the environment (raised, malformed result "
+                                         "or time-out); failed episodes and their groups are dropped")
+    max_nonfinite_steps: int = _f(3, "stop the run (its last checkpoint intact) after this many optimizer steps in a "
+                                     "row whose loss or gradient was NaN or infinite (each is skipped)")
     filter_groups: bool = _f(False, "dynamic sampling (DAPO, verl-agent filter_groups): drop groups whose returns are "
                                     "all equal and draw more task groups until tasks_per_iteration informative ones")
     filter_groups_max_draws: int | None = _f(None, "filter_groups: at most this many draws of tasks_per_iteration "
@@ -126,6 +133,11 @@ class TrainConfig:
     clip_bias_tau: float | None = _f(None, "clip_bias_norm: the |C| above which the gradient is scaled down (default 1)")
     max_staleness: int = _f(0, "also train on the rollouts of the last N iterations, with the behaviour log-probs "
                                "they were generated with (0 = fresh rollouts only); logs clip_fraction_staleness{k}")
+    search_episodes: str | None = _f(None, "an episodes.jsonl of search episodes (`turnrl search`, with behaviour "
+                                           "log-probs) trained on beside fresh rollouts as off-policy data; needs "
+                                           "advantage gae (one best episode per task forms no group)")
+    search_episodes_per_iteration: int | None = _f(None, "search_episodes: how many join each iteration, dealt in "
+                                                         "order and cycled (default tasks_per_iteration)")
     ratio_level: str | None = _f(None, "importance ratio: token (PPO), turn (ST-PPO/Turn-PPO: geometric mean of the "
                                        "token ratios of each turn) or sequence (GSPO: of each sample's agent tokens) "
                                        "(default: the preset's; token for grpo, gigpo, hgpo)",
@@ -220,6 +232,14 @@ class TrainConfig:
             raise ConfigError("clip_bias_tau applies with clip_bias_norm: true only")
         if self.clip_bias_norm and self.clip_bias_tau is None:
             self.clip_bias_tau = 1.0
+        if self.search_episodes is None and self.search_episodes_per_iteration is not None:
+            raise ConfigError("search_episodes_per_iteration applies with search_episodes only")
+        if self.search_episodes is not None:
+            if self.advantage != "gae":
+                raise ConfigError(f"search_episodes needs advantage gae: search gives one episode per task, which "
+                                  f"forms no group for advantage {self.advantage} (every advantage would be 0)")
+            if self.search_episodes_per_iteration is None:
+                self.search_episodes_per_iteration = self.tasks_per_iteration
         if not self.filter_groups and self.filter_groups_max_draws is not None:
             raise ConfigError("filter_groups_max_draws applies with filter_groups: true only")
         if self.filter_groups and self.filter_groups_max_draws is None:
@@ -254,6 +274,12 @@ class TrainConfig:
         for name in ("eval_every", "eval_episodes", "checkpoint_every", "warm_start_episodes", "max_staleness"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.env_step_timeout is not None and not self.env_step_timeout > 0:
+            raise ConfigError(f"env_step_timeout must be > 0 seconds (or null for no limit), got {self.env_step_timeout}")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ConfigError(f"max_failed_fraction must be in [0, 1], got {self.max_failed_fraction}")
+        if self.max_nonfinite_steps < 1:
+            raise ConfigError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         if self.minibatch_size % self.micro_batch_size:
             raise ConfigError(f"minibatch_size ({self.minibatch_size}) must be a multiple of micro_batch_size "
                               f"({self.micro_batch_size})")

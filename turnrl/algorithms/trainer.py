@@ -44,6 +44,7 @@ from turnrl.algorithms.replay import ReplayBuffer
 from turnrl.algorithms.sft import behaviour_clone, demonstration_dataset, demonstration_tasks, expert_demonstrations
 from turnrl.environments import load_env_module, make_env
 from turnrl.episode import Episode, Sample, episode_samples, summarize
+from turnrl.outputs import check_writable, write_text_atomic
 from turnrl.progress import PhaseProgress
 
 
@@ -256,6 +257,7 @@ class Trainer:
                 raise ValueError(f"warm_start_episodes needs an expert, and environment {config.env!r} has none "
                                  "(expert_action() returns None); set warm_start_episodes: 0")
         probe.close()
+        self.search_episodes = load_search_episodes(config) if config.search_episodes else []
         world = self.accelerator.num_processes
         self.local_tasks = len(range(self.accelerator.process_index, config.tasks_per_iteration, world))
         self.envs = [make_env(config.env, **config.env_kwargs)
@@ -285,6 +287,8 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.phases = PhaseProgress(enabled=self.progress)
         self.skip_zero_signal = True   # tests turn it off to check that skipping changes nothing
+        self.failures: dict[str, int] = {}   # failed episodes by cause (reset, step, malformed, timeout), this iteration
+        self.nonfinite_in_a_row = 0    # optimizer steps skipped in a row for a NaN or infinite loss or gradient
         self.replay = ReplayBuffer(config.max_staleness)   # rollouts of earlier iterations trained on again
         self.log_ratio = RATIO_LEVELS[config.ratio_level]   # token, turn (ST-PPO) or sequence (GSPO) ratios
         self.clip_bias = (ClipBiasNormaliser([p for p in self.model.parameters() if p.requires_grad],
@@ -317,9 +321,29 @@ class Trainer:
                 show(completed=state["turn"], live=state["live"],
                      tok_s=state["tokens"] / max(time.perf_counter() - start, 1e-9))
 
-            return rollout(self.policy, self.envs[: len(specs)], specs, env_name=cfg.env, context=cfg.context,
-                           max_turns=cfg.max_turns, invalid_penalty=cfg.invalid_penalty, prompt_builder=self.prompts,
-                           generator=generator, cross_turn_cache=bool(cfg.cross_turn_cache), progress=turn_done)
+            episodes = rollout(self.policy, self.envs[: len(specs)], specs, env_name=cfg.env, context=cfg.context,
+                               max_turns=cfg.max_turns, invalid_penalty=cfg.invalid_penalty,
+                               prompt_builder=self.prompts, generator=generator,
+                               cross_turn_cache=bool(cfg.cross_turn_cache), progress=turn_done,
+                               step_timeout=cfg.env_step_timeout)
+        for i, episode in enumerate(episodes):
+            if episode.failed:   # a fresh environment next time: a failed or abandoned one may be in any state
+                self.failures[episode.failure_cause] = self.failures.get(episode.failure_cause, 0) + 1
+                if self.progress:
+                    print(f"episode failed (task {episode.task!r}): {episode.error}", flush=True)
+                try:
+                    self.envs[i].close()
+                except Exception:  # noqa: BLE001, S110 (closing a broken environment may fail too; it is replaced)
+                    pass
+                self.envs[i] = make_env(cfg.env, **cfg.env_kwargs)
+        return episodes
+
+    def without_failed(self, episodes: list[Episode]) -> list[Episode]:
+        """Drop failed episodes, and with a group advantage their whole group (its baseline needs every member)."""
+        if self.config.advantage == "gae":
+            return [e for e in episodes if not e.failed]
+        broken = {e.group_id for e in episodes if e.failed}
+        return [e for e in episodes if e.group_id not in broken]
 
     def collect(self, iteration: int) -> tuple[list[Episode], dict[str, int]]:
         """This iteration's episodes and group counts. With `filter_groups` (DAPO's dynamic sampling), groups
@@ -327,17 +351,24 @@ class Trainer:
         until every process holds its share of informative groups or `filter_groups_max_draws` is reached."""
         cfg = self.config
         generator = self.generator(iteration)
+        self.failures = {}
         if not cfg.filter_groups:
-            episodes = self.label(self.play(self.iteration_tasks(iteration), generator), iteration)
-            return episodes, {"groups_drawn": self.local_tasks, "groups_kept": self.local_tasks, "groups_dropped": 0,
-                              "drawn_episodes": len(episodes), "drawn_successes": sum(e.success for e in episodes)}
+            played = self.play(self.iteration_tasks(iteration), generator)
+            episodes = self.label(self.without_failed(played), iteration)
+            kept = len({e.group_id for e in episodes})
+            return episodes, {"groups_drawn": self.local_tasks, "groups_kept": kept,
+                              "groups_dropped": self.local_tasks - kept, "drawn_episodes": len(played),
+                              "drawn_successes": sum(e.success for e in played)}
         kept: list[list[Episode]] = []
         drawn = dropped = drawn_episodes = drawn_successes = 0
         for draw in range(cfg.filter_groups_max_draws):
             episodes = self.play(self.iteration_tasks(iteration, draw), generator)
             drawn_episodes += len(episodes)
             drawn_successes += sum(e.success for e in episodes)
-            for group in _groups(episodes):
+            usable = self.without_failed(episodes)
+            failed_groups = len({e.group_id for e in episodes}) - len({e.group_id for e in usable})
+            drawn, dropped = drawn + failed_groups, dropped + failed_groups
+            for group in _groups(usable):
                 drawn += 1
                 if len({e.total_reward - e.total_penalty for e in group}) > 1:
                     kept.append(group)
@@ -352,6 +383,16 @@ class Trainer:
         episodes = self.label([episode for group in kept for episode in group], iteration)
         return episodes, {"groups_drawn": drawn, "groups_kept": len(kept), "groups_dropped": dropped,
                           "drawn_episodes": drawn_episodes, "drawn_successes": drawn_successes}
+
+    def search_batch(self, iteration: int) -> list[Episode]:
+        """This iteration's share of the search episodes (`search_episodes_per_iteration`, dealt in order and
+        cycled; each process takes every num_processes-th), as off-policy data of policy version -1."""
+        if not self.search_episodes:
+            return []
+        n, count = len(self.search_episodes), self.config.search_episodes_per_iteration
+        chosen = [self.search_episodes[((iteration - 1) * count + k) % n] for k in range(count)]
+        chosen = chosen[self.accelerator.process_index:: self.accelerator.num_processes]
+        return [copy.deepcopy(e) for e in chosen]
 
     def label(self, episodes: list[Episode], iteration: int) -> list[Episode]:
         """Give each episode its group identity (iteration, process, index within the process) and the policy
@@ -473,6 +514,7 @@ class Trainer:
         agent_tokens = computed_tokens = skipped = steps = 0
         clip_bias_norms: list[float] = []
         grad_norms: list[float] = []   # the policy's gradient norm before clipping, per optimizer step
+        nonfinite = 0                  # optimizer steps skipped for a NaN or infinite loss or gradient
         value_stats = [0.0, 0.0, 0.0]   # with a critic: summed value loss, clipped values, turns
         ratios: list[torch.Tensor] = []   # the ratios the objective saw, for the tail statistics
         clip_by_staleness: dict[int, list] = {}   # staleness -> [clipped tokens, tokens]
@@ -499,6 +541,7 @@ class Trainer:
                     if not active or not local_weight:   # others have: stay in step with them
                         self.zero_backward()
                         active = []
+                    minibatch_loss = 0.0   # summed over micro-batches: a NaN or infinity anywhere shows here
                     micro_batches = [active[i: i + cfg.micro_batch_size]
                                      for i in range(0, len(active), cfg.micro_batch_size)]
                     for index, micro in enumerate(micro_batches):
@@ -531,6 +574,7 @@ class Trainer:
                                                   unscaled_loss=value_loss if shared_trunk else None)
                         if value_loss is not None:
                             loss = loss + value_loss
+                        minibatch_loss += float(loss.detach())
                         if cfg.kl_coef > 0:
                             kl = kl_k3(new, self.reference_logprobs(batch))
                             loss = loss + cfg.kl_coef * (kl * batch.weights).sum() / minibatch_weight
@@ -565,14 +609,29 @@ class Trainer:
                         clip_bias_norms.append(c_norm)
                     if self.critic is not None:
                         self.sync_critic_gradients()
-                    if cfg.max_grad_norm > 0:   # policy and critic clipped apart, as verl's actor and critic
-                        grad_norms.append(float(acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)))
-                        if self.critic is not None:
-                            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+                    # policy and critic clipped apart, as verl's actor and critic (max_grad_norm 0: measured only)
+                    limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+                    grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), limit))
+                    critic_norm = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), limit)) \
+                        if self.critic is not None else 0.0
+                    first_update = False
+                    finite = math.isfinite(grad_norm) and math.isfinite(critic_norm) and math.isfinite(minibatch_loss)
+                    if not self.all_processes(finite):
+                        # a NaN or infinite loss or gradient: skip the step rather than poison every weight
+                        self.optimizer.zero_grad()
+                        nonfinite += 1
+                        self.nonfinite_in_a_row += 1
+                        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                            raise NonFiniteError(
+                                f"iteration {iteration}: {self.nonfinite_in_a_row} optimizer steps in a row had a NaN "
+                                f"or infinite loss or gradient (max_nonfinite_steps {cfg.max_nonfinite_steps}); the "
+                                "run stops here, its last checkpoint intact. Lower learning_rate, check rewards")
+                        continue
+                    self.nonfinite_in_a_row = 0
+                    grad_norms.append(grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad()
                     steps += 1
-                    first_update = False
         # Skipped tokens have loss and KL exactly 0, so these means are over all agent tokens; the ratio
         # statistics describe the tokens that were computed.
         for key in ("loss", "kl"):
@@ -585,7 +644,7 @@ class Trainer:
         if cfg.max_staleness:   # clip fraction of the tokens of each staleness (0 = fresh)
             stats.update({f"clip_fraction_staleness{age}": clipped / max(tokens, 1)
                           for age, (clipped, tokens) in sorted(clip_by_staleness.items())})
-        stats.update(train_tokens=computed_tokens, skipped_samples=skipped, optimizer_steps=steps,
+        stats.update(train_tokens=computed_tokens, skipped_samples=skipped, optimizer_steps=steps, nonfinite_steps=nonfinite,
                      grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else None)
         if self.critic is not None:
             stats.update(value_loss=value_stats[0] / max(value_stats[2], 1),
@@ -656,19 +715,28 @@ class Trainer:
         save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, tmp / "model", self.config.model)
         torch.save({"iteration": iteration, "optimizer": self.optimizer.state_dict(),
                     "critic": None if self.critic is None else self.critic.state_dict(),
-                    "replay": self.replay.episodes}, tmp / "trainer_state.pt")
+                    "replay": self.replay.episodes, "rng": _rng_states()}, tmp / "trainer_state.pt")
+        write_manifest(tmp)   # sizes and hashes, fsync'd: a partial or corrupt checkpoint is recognised on load
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+        _fsync_dir(folder.parent)
         for old in sorted((self.run_dir / "checkpoints").glob("iter-*"))[:-2]:   # keep the last two
             if not old.name.endswith(".tmp"):
                 shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self) -> int:
-        """Restore the latest checkpoint; returns the number of iterations already done (0 if none)."""
+        """Restore the latest intact checkpoint (one whose manifest matches its files; a partial or corrupt one is
+        skipped with a message); returns the number of iterations already done (0 if none)."""
         checkpoints = sorted(p for p in (self.run_dir / "checkpoints").glob("iter-*") if not p.name.endswith(".tmp"))
-        if not checkpoints:
+        latest = None
+        for candidate in reversed(checkpoints):
+            problem = verify_manifest(candidate)
+            if problem is None:
+                latest = candidate
+                break
+            print(f"skipping checkpoint {candidate.name}: {problem}", flush=True)
+        if latest is None:
             return 0
-        latest = checkpoints[-1]
         state = torch.load(latest / "trainer_state.pt", map_location="cpu", weights_only=False)
         model = self.accelerator.unwrap_model(self.model)
         _load_weights(model, latest / "model")
@@ -678,7 +746,121 @@ class Trainer:
                 raise RuntimeError(f"checkpoint {latest} holds no critic, but this config trains one (advantage gae)")
             self.critic.load_state_dict(state["critic"])
         self.replay.episodes = list(state.get("replay") or [])
+        if state.get("rng"):
+            _set_rng_states(state["rng"])
         return int(state["iteration"])
+
+
+def write_manifest(folder: Path) -> None:
+    """manifest.json in `folder`: size and SHA-256 of every file, every file fsync'd first."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with path.open("rb") as fh:
+            os.fsync(fh.fileno())
+        files[str(path.relative_to(folder))] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    with (folder / "manifest.json").open("w") as fh:
+        json.dump(files, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def verify_manifest(folder: Path) -> str | None:
+    """None when every file of the manifest is there with its size and hash, else what is wrong."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return "no manifest.json (written by an older turnrl, or the write was interrupted)"
+    try:
+        files = json.loads(manifest.read_text())
+    except json.JSONDecodeError:
+        return "manifest.json is not valid JSON"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != expected["size"]:
+            return f"{name} is missing or has the wrong size"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its hash"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rng_states() -> dict:
+    import numpy as np
+
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    import numpy as np
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+FAILURE_CAUSES = ("reset", "step", "malformed", "timeout")   # why an environment failed an episode
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on, with what to do about it (the CLI prints the message, no traceback)."""
+
+
+class EnvironmentFailureError(RunError):
+    """Too many episodes of an iteration failed in the environment (max_failed_fraction)."""
+
+
+class NonFiniteError(RunError):
+    """The loss or gradient stayed NaN or infinite for max_nonfinite_steps optimizer steps in a row."""
+
+
+SEARCH_POLICY_VERSION = -1   # search episodes come from outside the run's policy versions
+
+
+def load_search_episodes(config: TrainConfig) -> list[Episode]:
+    """The episodes of `config.search_episodes` (the `turnrl search` / `turnrl eval` trajectory format), checked
+    against the run: the same context mode, and behaviour log-probs for every generated token."""
+    path = Path(config.search_episodes)
+    if not path.is_file():
+        raise FileNotFoundError(f"search_episodes: {path} is not a file (an episodes.jsonl from `turnrl search`)")
+    episodes = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        episode = Episode.from_json(json.loads(line))
+        if episode.context != config.context:
+            raise ValueError(f"search_episodes: {path} line {number} was recorded with context {episode.context}, "
+                             f"but this run uses {config.context}; search with the run's context")
+        if (episode.token_ids is None) if config.context == "full" else \
+                any(t.prompt_ids is None for t in episode.turns):
+            raise ValueError(f"search_episodes: {path} line {number} has no token ids for context {config.context}")
+        if any(len(t.logprobs) != len(t.completion_ids) or not t.completion_ids for t in episode.turns):
+            raise ValueError(f"search_episodes: {path} line {number} lacks behaviour log-probs or tokens for a turn "
+                             "(episodes of a model, not of the expert, are needed)")
+        episode.group_id = ("search", number)
+        episode.policy_version = SEARCH_POLICY_VERSION
+        episodes.append(episode)
+    if not episodes:
+        raise ValueError(f"search_episodes: {path} holds no episodes")
+    return episodes
 
 
 def warm_start_key(config: TrainConfig, demonstration_ids: list[list[int]]) -> str:
@@ -770,14 +952,23 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if not resume and metrics_file.exists():   # checked before any model is loaded
         raise FileExistsError(f"{config.output_dir} already holds a run; pass --resume to continue it or choose "
                               "another output_dir")
+    if resume:
+        check_resumable(config)
+    try:
+        check_writable(config.output_dir)
+    except OSError as err:
+        raise RunError(str(err)) from None
     trainer = Trainer(config, progress=progress)
     acc, run_dir = trainer.accelerator, trainer.run_dir
     start = trainer.load_checkpoint() if resume else 0
+    if resume and trainer.progress:
+        print(f"resuming {run_dir} after iteration {start}" if start else
+              f"resuming {run_dir}: no run there yet, starting at iteration 1", flush=True)
     eval_file = run_dir / "eval.json"
     evals = json.loads(eval_file.read_text()) if start and eval_file.exists() else {}
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         if metrics_file.exists():   # drop lines logged after the checkpoint we resume from
             kept = [line for line in metrics_file.read_text().splitlines()
                     if line.strip() and json.loads(line)["iteration"] <= start]
@@ -792,7 +983,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         log(f"eval {phase}: success {evals[phase]['success_rate']:.2f}  score {evals[phase]['mean_score']:.2f}  "
             f"invalid {evals[phase]['invalid_action_rate']:.2f}  ({evals[phase]['episodes']} {config.eval_split} tasks)")
         if acc.is_main_process:
-            eval_file.write_text(json.dumps(evals, indent=2))
+            write_text_atomic(eval_file, json.dumps(evals, indent=2, allow_nan=False))
 
     if start == 0:   # a resumed run has done these already (its checkpoint holds the warm-started weights)
         if config.eval_episodes:
@@ -808,7 +999,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         t0 = time.perf_counter()
         episodes, group_counts = trainer.collect(iteration)
         rollout_seconds = time.perf_counter() - t0
+        failures = _reduce(acc, {f"failed_{cause}": float(trainer.failures.get(cause, 0)) for cause in FAILURE_CAUSES}
+                           | {"drawn": float(group_counts["drawn_episodes"])})
+        failed = sum(failures[f"failed_{cause}"] for cause in FAILURE_CAUSES)
+        if failed > config.max_failed_fraction * failures["drawn"]:
+            causes = ", ".join(f"{cause} {failures['failed_' + cause]:.0f}" for cause in FAILURE_CAUSES)
+            raise EnvironmentFailureError(
+                f"iteration {iteration}: {failed:.0f} of {failures['drawn']:.0f} episodes failed in the environment "
+                f"({causes}), more than "
+                f"max_failed_fraction {config.max_failed_fraction}; the run stops here, its last checkpoint intact "
+                "(the messages above give each failure's last traceback line)")
         stale = trainer.replay.stale(iteration - 1)   # earlier iterations' episodes (max_staleness 0: none)
+        stale += trainer.search_batch(iteration)      # search episodes (search_episodes), off-policy too
         trainer.replay.add(episodes)
         samples, advantages = trainer.training_samples(stale + episodes)   # gae: the critic's values first
         advantages = advantages[len(stale):]   # the fresh episodes' advantages, for the metrics below
@@ -826,6 +1028,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             "generated_tokens": generated, "zero_advantage_episodes": zero_groups,
             **group_counts, "train_tokens": stats["train_tokens"], "skipped_samples": stats["skipped_samples"],
             "samples": len(samples), "stale_samples": sum(s.policy_version < iteration - 1 for s in samples),
+            "search_samples": sum(s.policy_version == SEARCH_POLICY_VERSION for s in samples),
+            "nonfinite_steps": stats["nonfinite_steps"],
             **step_group_counts(config, episodes),
         }
         totals = _reduce(acc, local)
@@ -841,10 +1045,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             "invalid_action_rate": totals["invalid_turns"] / max(totals["turns"], 1),
             "zero_advantage_fraction": totals["zero_advantage_episodes"] / n,
             **{k: int(totals[k]) for k in ("groups_drawn", "groups_kept", "groups_dropped", "samples", "stale_samples",
-                                           "skipped_samples", "train_tokens")},
+                                           "search_samples", "skipped_samples", "train_tokens", "nonfinite_steps")},
+            "failed_episodes": int(failed), **{k: int(v) for k, v in failures.items() if k != "drawn"},
             **step_group_metrics(totals),
             **{k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()
-               if k not in ("train_tokens", "skipped_samples")},
+               if k not in ("train_tokens", "skipped_samples", "nonfinite_steps")},
             "logprob_max_abs_diff": agreement,
             "rollout_tokens_per_s": totals["generated_tokens"] / max(rollout_seconds, 1e-9),
             "train_tokens_per_s": totals["train_tokens"] / max(update_seconds, 1e-9),
@@ -863,7 +1068,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 f"logprob diff {diff}  groups kept {metrics['groups_kept']}/{metrics['groups_drawn']}  "
                 f"skipped {metrics['skipped_samples']}/{metrics['samples']} samples  "
                 f"({rollout_seconds:.1f}s rollout, {update_seconds:.1f}s update)")
-        if config.checkpoint_every and iteration % config.checkpoint_every == 0 and iteration < config.iterations:
+        if config.checkpoint_every and (iteration % config.checkpoint_every == 0 or iteration == config.iterations):
             trainer.save_checkpoint(iteration)
 
     acc.wait_for_everyone()
@@ -877,6 +1082,34 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         if evals and trainer.progress:
             print_eval_table(evals)
     return run_dir
+
+
+RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "eval_every", "env_step_timeout", "max_failed_fraction",
+                     "max_nonfinite_steps")   # settings a resumed run may change; any other change is refused
+
+
+def check_resumable(config: TrainConfig) -> None:
+    """Refuse a resume that would silently do something else: a run folder with a run but no intact checkpoint,
+    or a config that differs from the run's (other than RESUMABLE_CHANGES). A folder with no run starts fresh."""
+    run_dir = Path(config.output_dir)
+    saved_file = run_dir / "config.yaml"
+    has_run = (run_dir / "metrics.jsonl").exists() or saved_file.exists()
+    if not has_run:
+        return
+    checkpoints = [p for p in (run_dir / "checkpoints").glob("iter-*") if not p.name.endswith(".tmp")] \
+        if (run_dir / "checkpoints").exists() else []
+    if not any(verify_manifest(p) is None for p in checkpoints):
+        raise RunError(f"--resume: {run_dir} holds a run but no intact checkpoint to resume from "
+                                f"(checkpoint_every was {config.checkpoint_every}); start it again in another "
+                                "output_dir, or remove this one")
+    if saved_file.exists():
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+        now = config.to_dict()
+        changed = sorted(k for k in now if k in saved and saved[k] != now[k] and k not in RESUMABLE_CHANGES)
+        if changed:
+            detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+            raise RunError(f"--resume: the config differs from the run's in {detail}; only "
+                             f"{', '.join(RESUMABLE_CHANGES)} may change when resuming")
 
 
 def _gathered_max(accelerator: Accelerator, value: float | None) -> float | None:
