@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import time
+from typing import ClassVar
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ class FlakyEnv(Environment):
 
     parses_responses = True
     instructions = "Say anything."
-    FAULTS = {0: None, 1: "raise", 2: "nan", 3: "not-text", 4: "hang", 5: "reset", 6: None, 7: "none-info"}
+    FAULTS: ClassVar[dict] = {0: None, 1: "raise", 2: "nan", 3: "not-text", 4: "hang", 5: "reset", 6: None, 7: "none-info"}
 
     def tasks(self, split="train"):
         return list(self.FAULTS)
