@@ -225,10 +225,66 @@ def test_invalid_commands_change_nothing(env):
 
 
 def test_commands_are_matched_loosely(env):
-    env.reset(env.tasks("train")[0])
-    target = env.admissible_actions()[0]
-    result = env.step("  " + target.upper().replace(" ", "   ") + ". ")
+    lenient = ALFWorldEnv(strict_actions=False)
+    lenient.reset(lenient.tasks("train")[0])
+    target = lenient.admissible_actions()[0]
+    result = lenient.step("  " + target.upper().replace(" ", "   ") + ". ")
     assert result.info["invalid"] is False and result.observation.startswith("You arrive at")
+    lenient.close()
+
+
+def test_strict_actions_is_the_default_and_matches_the_original():
+    strict = ALFWorldEnv()
+    assert strict.strict_actions is True
+    strict.reset(strict.tasks("train")[0])
+    target = strict.admissible_actions()[0]
+    for variant in (target.upper(), target + ".", target.replace(" ", "  ", 1)):
+        result = strict.step(variant)
+        assert result.observation == "Nothing happens." and result.info["invalid"] is True
+    assert strict.step(f"  {target}\n").info["invalid"] is False     # outer whitespace is stripped, as PddlEnv does
+    strict.close()
+    with pytest.raises(TypeError, match="strict_actions"):
+        ALFWorldEnv(strict_actions="yes")
+
+
+def _variant(rng: random.Random, command: str) -> str:
+    """The command as a sloppy policy might write it: other case, doubled spaces, a final period."""
+    return rng.choice([command.upper(), command.capitalize(), command + ".", command.replace(" ", "  "),
+                       f"  {command}  "])
+
+
+def test_strict_and_lenient_replay_the_same_walks():
+    """The same seeded walks (admissible commands, sloppy variants of them, unknown commands) on both settings
+    and on TextWorld's PddlEnv: strict answers as PddlEnv given the text; lenient answers as PddlEnv given the
+    normalised text. The walks hold variants that only the lenient setting accepts."""
+    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
+    from textworld.envs.pddl import PddlEnv
+
+    index = data.game_index(None)
+    accepted_only_when_lenient = 0
+    for strict_actions in (True, False):
+        env = ALFWorldEnv(strict_actions=strict_actions)
+        for seed, task in enumerate((env.tasks("train")[4], env.tasks("valid_seen")[2])):
+            reference = AlfredDemangler(PddlEnv(textworld.EnvInfos(admissible_commands=True, won=True)))
+            reference.load(str(index.games[task].path))
+            state = reference.reset()
+            assert env.reset(task) == state.feedback
+            rng = random.Random(seed)
+            for _ in range(30):
+                choice = rng.random()
+                exact = rng.choice(env.admissible_actions())
+                action = exact if choice < 0.5 else _variant(rng, exact) if choice < 0.9 else "jump"
+                state, _, done = reference.step(action if strict_actions else env.normalise(action) or "")
+                result = env.step(action)
+                assert result.observation == state.feedback
+                assert env.admissible_actions() == [c for c in state["admissible_commands"] if c != "help"]
+                assert result.info["invalid"] == (state.feedback == "Nothing happens.")
+                if not strict_actions and action.strip() != exact and action != "jump":
+                    accepted_only_when_lenient += not result.info["invalid"]
+                if done:
+                    break
+        env.close()
+    assert accepted_only_when_lenient > 0
 
 
 def test_expert_wins_each_task_type_on_each_split(env):

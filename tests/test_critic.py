@@ -169,6 +169,7 @@ def test_resume_restores_the_critic_and_the_replay_buffer(tmp_path, nudged_tiny)
     cut = tmp_path / "cut"
     shutil.copytree(whole, cut)
     shutil.rmtree(cut / "final")
+    shutil.rmtree(cut / "checkpoints" / "iter-000002")   # as if stopped after iteration 1
     lines = (cut / "metrics.jsonl").read_text().splitlines()
     (cut / "metrics.jsonl").write_text(lines[0] + "\n")
     train(load_config(None, {**values, "output_dir": str(cut)}), resume=True, progress=False)
@@ -189,7 +190,7 @@ def test_search_episodes_join_training_as_off_policy_data(tmp_path, nudged_tiny)
               "tasks_per_iteration": 2, "group_size": 2, "max_turns": 2, "max_new_tokens": 8, "iterations": 2,
               "learning_rate": 1e-3, "checkpoint_every": 0}
     recorder = Trainer(load_config(None, {**values, "output_dir": str(tmp_path / "rec")}), progress=False)
-    episodes = recorder.play(recorder.iteration_tasks(1), recorder.generator(1))
+    episodes = recorder.play(recorder.iteration_tasks(1), 1)
     path = tmp_path / "episodes.jsonl"
     path.write_text("".join(json.dumps(e.to_json()) + "\n" for e in episodes[:3]))
     config = load_config(None, {**values, "search_episodes": str(path), "output_dir": str(tmp_path / "run")})

@@ -12,6 +12,8 @@ from turnrl.algorithms.advantages import (
     EPS,
     discounted_step_returns,
     gigpo_advantages,
+    grpo_advantages,
+    grpo_step_advantages,
     hgpo_advantages,
     hgpo_level_stats,
     rloo_advantages,
@@ -249,3 +251,157 @@ def test_rloo_properties(returns, data):
     for group in set(groups):   # leave-one-out advantages of a group sum to zero
         assert sum(a for a, g in zip(got, groups) if g == group) == pytest.approx(0.0, abs=1e-9)
     assert rloo_advantages([returns[0]] * len(returns), groups) == [0.0] * len(returns)
+
+
+# ------------------------------------------------------------------------- conventions: paper | verl-agent
+
+VERL = {"conventions": "verl-agent"}
+HALF_SAMPLE_STD = math.sqrt(0.5)   # sample std of [1, 0]: sqrt(((0.5)^2 + (0.5)^2) / 1)
+
+
+def approx_rows(rows, **tolerance):
+    """Per-step advantages compared row by row (pytest.approx takes flat sequences only)."""
+    return [pytest.approx(row, **tolerance) for row in rows]
+
+
+def test_grpo_sample_std_and_lone_groups():
+    # [1, 0]: population std 0.5 gives +-1; sample std sqrt(0.5) gives +-0.7071
+    assert grpo_advantages([1, 0], [0, 0]) == pytest.approx([0.5 / (0.5 + EPS), -0.5 / (0.5 + EPS)])
+    assert grpo_advantages([1, 0], [0, 0], **VERL) == pytest.approx(
+        [0.5 / (HALF_SAMPLE_STD + EPS), -0.5 / (HALF_SAMPLE_STD + EPS)])
+    assert grpo_advantages([1, 0], [0, 0], **VERL)[0] == pytest.approx(0.7071, abs=1e-4)
+    # a group of one: 0 under the paper; verl keeps the score (mean 0, std 1)
+    assert grpo_advantages([3.0], ["a"]) == [0.0]
+    assert grpo_advantages([3.0], ["a"], **VERL) == pytest.approx([3.0 / (1 + EPS)])
+    assert grpo_advantages([3.0], ["a"], norm="mean", **VERL) == [3.0]
+    assert grpo_advantages([2.0, 2.0], ["a", "a"], **VERL) == [0.0, 0.0]   # equal returns: no signal either way
+
+
+def test_gigpo_two_one_step_episodes_rewards_one_and_zero():
+    # rewards [1] and [0], one shared anchor state: A = A_episode + A_step, both +-0.5 / std
+    got_paper = gigpo_advantages([["S"], ["S"]], [[1], [0]], [0, 0])
+    got_verl = gigpo_advantages([["S"], ["S"]], [[1], [0]], [0, 0], **VERL)
+    assert got_paper == approx_rows([[2 * 0.5 / (0.5 + EPS)], [-2 * 0.5 / (0.5 + EPS)]])
+    assert got_verl == approx_rows([[2 * 0.5 / (HALF_SAMPLE_STD + EPS)], [-2 * 0.5 / (HALF_SAMPLE_STD + EPS)]])
+    assert got_paper[0][0] == pytest.approx(2.0, abs=1e-4) and got_verl[0][0] == pytest.approx(1.4142, abs=1e-4)
+
+
+def test_gigpo_penalty_enters_the_episode_score_under_verl_agent():
+    # e0 rewards [0, 1]; e1 rewards [0, 0] with an invalid first step (penalty 0.1); omega 0: episode term only.
+    obs, rewards, penalties = [["S", "A"], ["S", "B"]], [[0, 1], [0, 0]], [[0, 0], [0.1, 0]]
+    # paper: episode scores 1 and 0 (penalty left out), mean 0.5
+    assert gigpo_advantages(obs, rewards, [0, 0], omega=0, norm="mean", penalties=penalties) == approx_rows(
+        [[0.5, 0.5], [-0.5, -0.5]])
+    # verl-agent: step-sample scores 1, 1, -0.1, 0 (the reward sum minus that step's penalty), mean 0.475
+    assert gigpo_advantages(obs, rewards, [0, 0], omega=0, norm="mean", penalties=penalties, **VERL) == approx_rows(
+        [[0.525, 0.525], [-0.575, -0.475]])
+
+
+def test_gigpo_episode_statistics_over_step_samples_under_verl_agent():
+    # a two-step success and a one-step failure: over episodes the mean is 1/2; over the three step samples
+    # (scores 1, 1, 0) it is 2/3, so the long episode weighs more
+    obs, rewards = [["S", "A"], ["S"]], [[0, 1], [0]]
+    assert gigpo_advantages(obs, rewards, [0, 0], omega=0, norm="mean") == approx_rows([[0.5, 0.5], [-0.5]])
+    assert gigpo_advantages(obs, rewards, [0, 0], omega=0, norm="mean", **VERL) == approx_rows(
+        [[1 / 3, 1 / 3], [-2 / 3]])
+    # with std: sample std of [1, 1, 0] is sqrt((1/9 + 1/9 + 4/9) / 2) = sqrt(1/3)
+    std = math.sqrt(1 / 3)
+    assert gigpo_advantages(obs, rewards, [0, 0], omega=0, **VERL) == approx_rows(
+        [[(1 / 3) / (std + EPS)] * 2, [(-2 / 3) / (std + EPS)]])
+
+
+def test_gigpo_step_term_uses_the_sample_std_under_verl_agent():
+    # gamma 0.5: step returns e0 [0.5, 1], e1 [0, 0]; anchor S holds 0.5 and 0: +-0.25 / std
+    obs, rewards = [["S", "A"], ["S", "B"]], [[0, 1], [0, 0]]
+    paper = gigpo_advantages(obs, rewards, [0, 0], gamma=0.5)
+    verl = gigpo_advantages(obs, rewards, [0, 0], gamma=0.5, **VERL)
+    # episode term: paper over the two episodes (1, 0); verl-agent over the four step samples (1, 1, 0, 0),
+    # sample std sqrt(4 * 0.25 / 3) = sqrt(1/3)
+    episode_paper, episode_verl = 0.5 / (0.5 + EPS), 0.5 / (math.sqrt(1 / 3) + EPS)
+    sample_std = math.sqrt(2 * 0.25 ** 2)   # step returns 0.5 and 0 at S: sqrt(2 * 0.25^2 / 1)
+    assert paper == approx_rows([[episode_paper + 0.25 / (0.25 + EPS), episode_paper],
+                                   [-episode_paper - 0.25 / (0.25 + EPS), -episode_paper]])
+    assert verl == approx_rows([[episode_verl + 0.25 / (sample_std + EPS), episode_verl],
+                                  [-episode_verl - 0.25 / (sample_std + EPS), -episode_verl]])
+
+
+def test_multi_turn_grpo_per_step_penalty():
+    rewards, penalties = [[0, 1], [0, 0]], [[0, 0], [0.1, 0]]
+    # paper: returns 1 and -0.1 (total reward minus total penalty), mean 0.45, on every turn
+    paper = grpo_step_advantages(rewards, [0, 0], norm="mean", penalties=penalties)
+    assert paper == approx_rows([[0.55, 0.55], [-0.55, -0.55]])
+    assert paper == [[a] * 2 for a in grpo_advantages([1.0, -0.1], [0, 0], norm="mean")]
+    # verl-agent: each step sample scores 1 - its own penalty: 1, 1, -0.1, 0; mean 0.475
+    assert grpo_step_advantages(rewards, [0, 0], norm="mean", penalties=penalties, **VERL) == approx_rows(
+        [[0.525, 0.525], [-0.575, -0.475]])
+    assert grpo_step_advantages([[1.0]], ["lone"], **VERL) == approx_rows([[1 / (1 + EPS)]])
+    with pytest.raises(ValueError, match="1 penalty lists for 2 episodes"):
+        grpo_step_advantages(rewards, [0, 0], penalties=[[0, 0]])
+
+
+# HGPO, K = 2, gamma 1, mean norm: four episodes of three steps; only step 2 pays (e0 1, e3 0.5).
+# e0 and e1 share all three observations, e3 shares the last two, e2 only the last one.
+LEVEL_OBS = [["s0", "s1", "s2"], ["s0", "s1", "s2"], ["x0", "x1", "s2"], ["y0", "s1", "s2"]]
+LEVEL_REWARDS = [[0, 0, 1], [0, 0, 0], [0, 0, 0], [0, 0, 0.5]]
+
+
+def test_hgpo_level_weights_under_both_conventions():
+    # e0 at step 2: level 0 (s2: 1, 0, 0, 0.5; mean 0.375) 0.625; level 1 (s1 s2: 1, 0, 0.5) 0.5;
+    # level 2 (s0 s1 s2: 1, 0) 0.5. Paper weights 1:2:3, verl-agent 2:3:4 over (9 + eps).
+    paper = hgpo_advantages(LEVEL_OBS, LEVEL_REWARDS, [0] * 4, gamma=1.0, norm="mean")
+    verl = hgpo_advantages(LEVEL_OBS, LEVEL_REWARDS, [0] * 4, gamma=1.0, norm="mean", **VERL)
+    assert paper[0][2] == pytest.approx((1 * 0.625 + 2 * 0.5 + 3 * 0.5) / 6)
+    assert verl[0][2] == pytest.approx((2 * 0.625 + 3 * 0.5 + 4 * 0.5) / (9 + EPS), rel=1e-12)
+
+
+def test_hgpo_drops_exactly_zero_members_under_verl_agent():
+    # e3 at step 2: level 0 gives 0.5 - 0.375 = 0.125; level 1 gives 0.5 - 0.5 = 0 exactly; level 2 is a
+    # group of one. Paper: the zero counts, (1 * 0.125 + 2 * 0) / 3; verl-agent drops it: 2 * 0.125 / (2 + eps).
+    paper = hgpo_advantages(LEVEL_OBS, LEVEL_REWARDS, [0] * 4, gamma=1.0, norm="mean")
+    verl = hgpo_advantages(LEVEL_OBS, LEVEL_REWARDS, [0] * 4, gamma=1.0, norm="mean", **VERL)
+    assert paper[3][2] == pytest.approx(0.125 / 3)
+    assert verl[3][2] == pytest.approx(2 * 0.125 / (2 + EPS), rel=1e-12)
+
+
+def test_hgpo_base_group_under_verl_agent_is_the_step_sample_episode_term():
+    # one step each, rewards [1] and [0], shared state: the level-0 term is +-0.5/(0.5 + eps) (population
+    # std, as the HGPO code), the base term +-0.5/(sqrt(0.5) + eps) (verl-agent's GiGPO episode term)
+    level, base = 0.5 / (0.5 + EPS), 0.5 / (HALF_SAMPLE_STD + EPS)
+    got = hgpo_advantages([["S"], ["S"]], [[1], [0]], [0, 0], base_group=True, **VERL)
+    assert got == approx_rows([[(2 * level + base) / (3 + EPS)], [-(2 * level + base) / (3 + EPS)]])
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: grpo_advantages([1, 0], [0, 0], conventions=c),
+    lambda c: grpo_step_advantages([[1], [0]], [0, 0], conventions=c),
+    lambda c: gigpo_advantages([["S"], ["S"]], [[1], [0]], [0, 0], conventions=c),
+    lambda c: hgpo_advantages([["S"], ["S"]], [[1], [0]], [0, 0], conventions=c),
+])
+def test_unknown_conventions_name_the_choices(call):
+    with pytest.raises(ValueError, match="'paper', 'verl-agent'"):
+        call("verl")
+
+
+VERL_ESTIMATORS = {
+    "grpo_step": lambda o, r, g, p, norm: grpo_step_advantages(r, g, penalties=p, norm=norm, **VERL),
+    "gigpo": lambda o, r, g, p, norm: gigpo_advantages(o, r, g, penalties=p, norm=norm, **VERL),
+    "hgpo_base": lambda o, r, g, p, norm: hgpo_advantages(o, r, g, penalties=p, norm=norm, base_group=True, **VERL),
+}
+
+
+@pytest.mark.parametrize("name", VERL_ESTIMATORS)
+@pytest.mark.parametrize("norm", ["mean_std", "mean"])
+@settings(max_examples=40, deadline=None)
+@given(batch=batches(), permutation_seed=st.randoms(use_true_random=False))
+def test_verl_agent_estimators_are_finite_shaped_and_permutation_equivariant(name, norm, batch, permutation_seed):
+    observations, rewards, penalties, groups = batch
+    fn = VERL_ESTIMATORS[name]
+    got = fn(observations, rewards, groups, penalties, norm)
+    assert [len(row) for row in got] == [len(o) for o in observations]
+    assert all(math.isfinite(a) for row in got for a in row)
+    order = list(range(len(observations)))
+    permutation_seed.shuffle(order)
+    permuted = fn([observations[i] for i in order], [rewards[i] for i in order], [groups[i] for i in order],
+                  [penalties[i] for i in order], norm)
+    for new_index, old_index in enumerate(order):
+        assert permuted[new_index] == pytest.approx(got[old_index], abs=1e-9)

@@ -84,6 +84,29 @@ def test_exact_match_f1_and_substring_by_hand():
     assert exact_match("1843", ["1843"]) == 1.0 and exact_match("1,843", ["1843"]) == 1.0
 
 
+def test_scoring_edge_cases_against_search_r1():
+    # A gold answer that normalises to "" matches nothing (Search-R1's subem counts it contained in anything,
+    # and its EM equal to a prediction that also normalises to "").
+    for gold in (["the"], ["?!"], [""], ["an", "a"]):
+        assert exact_match("the", gold) == 0.0 and substring_match("anything", gold) == 0.0
+        assert f1_score("the answer", gold) == 0.0
+    assert exact_match("Paris", ["", "paris"]) == 1.0                # the other gold answers still count
+    # A bare string is one gold answer, not a list of characters.
+    assert exact_match("Paris", "Paris") == 1.0 and exact_match("p", "Paris") == 0.0
+    assert substring_match("in paris today", "Paris") == 1.0 and substring_match("a", "Paris") == 0.0
+    assert f1_score("Paris France", "Paris") == pytest.approx(2 / 3)
+    assert exact_match("paris", ("Lyon", "Paris")) == 1.0           # any other iterable is a collection
+
+
+@settings(max_examples=100, deadline=None)
+@given(prediction=st.text(max_size=30), gold=st.text(max_size=30))
+def test_bare_string_gold_is_the_one_element_list(prediction, gold):
+    for score in (exact_match, substring_match, f1_score):
+        assert score(prediction, gold) == score(prediction, [gold])
+    if not normalize_answer(gold):
+        assert exact_match(prediction, [gold]) == substring_match(prediction, [gold]) == 0.0
+
+
 # --- parsing -----------------------------------------------------------------------------------------
 
 

@@ -85,7 +85,7 @@ def test_type_reward_thresholds(goal_name, product_name, query_match, category, 
 
 
 def test_title_score_without_nouns_is_a_fifth():
-    assert reward.title_score("the best and new", "anything") == 0.2
+    assert reward.title_score("for the and of 2", "anything") == 0.2
 
 
 def test_option_matching_and_colour_normalisation():
@@ -93,9 +93,69 @@ def test_option_matching_and_colour_normalisation():
     # Without normalisation the two colours share one word of two (score 62); both normalise to "black".
     assert reward.fuzzy_score("midnight black", "black suede") == 62
     assert reward.option_matches(["midnight black"], ["black suede"]) == 1
-    assert reward.normalize_color("navy blue denim") == "navy blue"   # compound colours come first
-    assert reward.option_matches(["light blue"], ["navy blue"]) == 0
     assert reward.normalize_color("size 8") == "size 8"
+
+
+def test_colour_normalisation_is_the_originals():
+    # The original's alphabetical set: the first entry contained wins, so "blue" comes before "light"/"navy".
+    assert len(reward.COLORS) == 102 and list(reward.COLORS) == sorted(reward.COLORS)
+    assert reward.normalize_color("navy blue") == reward.normalize_color("light blue") == "blue"
+    assert reward.option_matches(["navy blue"], ["light blue"]) == 1          # a match, as in the original
+    assert reward.normalize_color("dark green") == "dark"                     # "dark" is in the set, before "green"
+    assert reward.normalize_color("rose gold") == "gold"
+    assert reward.normalize_color("standard") == "tan"                        # substring, not word, matching
+    assert reward.normalize_color("Navy Blue") == "Navy Blue"                 # case-sensitive
+    # The upstream unit cases of normalize_color.
+    for text, expected in [("", ""), ("black forest", "black"), ("violet lavender", "lavender"),
+                           ("steelivy fuchsia", "fuchsia"), ("123alabaster", "alabaster"), ("webshop", "webshop")]:
+        assert reward.normalize_color(text) == expected
+
+
+def test_navy_blue_bought_for_light_blue_by_the_formula():
+    # Goal options [light blue, 8]; chosen [navy blue, 8]: both colours normalise to "blue", so n_opt = 2 and,
+    # with 2 of 2 attributes and the price, R = (2 + 2 + 1) / 5 = 1.0 (turnrl's own list gave 0.8).
+    result = buy(["navy blue", "8"], goal_options=["light blue", "8"])
+    assert result == reward.RewardBreakdown(1.0, 2, 2, True, 1.0)
+
+
+def test_coffee_bought_as_another_coffee_by_the_formula():
+    # Another query, category paths sharing one level ("Grocery"): r_type rests on the title nouns. Target
+    # nouns roastwell, ground, coffee, dark, roast (5); the bought title shares "coffee" only: 1/5 = 0.2,
+    # not > 0.2, so r_type 0.5. (Before the fix "coffee" and "dark" were never nouns, being words of the
+    # compound colours "coffee brown" and "dark ...", and r_type was 0.0.) Attributes: "arabica" is in the
+    # bought product's attributes, "medium roast" nowhere: 1 of 2; no options; price under the cap:
+    # R = 0.5 * (1 + 0 + 1) / 3.
+    goal = {"goal_attributes": ["arabica", "medium roast"], "goal_options": [], "price_upper": 30.0,
+            "goal_query": "ground coffee", "goal_category_path": "Grocery › Coffee › Ground",
+            "goal_name": "Roastwell Ground Coffee - Dark Roast"}
+    bought = {"product_attributes": ["arabica", "whole bean"], "title": "Beanery Whole Bean Coffee",
+              "bullets": ["Single origin"], "description": "Beans.", "product_query": "whole bean coffee",
+              "product_category_path": "Grocery › Beans › Whole", "price": 12.0, "chosen_options": []}
+    for mode in ("heuristic", *(("spacy",) if reward.spacy_available() else ())):
+        assert reward.title_score(goal["goal_name"], bought["title"], mode) == pytest.approx(0.2)
+        result = reward.purchase_reward(**goal, **bought, noun_mode=mode)
+        assert result == reward.RewardBreakdown(pytest.approx(0.5 * 2 / 3), 1, 0, True, 0.5)
+
+
+def test_latin1_characters_are_dropped_as_thefuzz_does():
+    # thefuzz's force_ascii deletes code points 128-255: "café" is compared as "caf" against "cafe":
+    # ratio 2 * 3 / (3 + 4) = 85.7, rounded 86 > 85 (without it: "café" vs "cafe", 2 * 3 / 8 = 75).
+    assert reward.fuzzy_score("café", "cafe") == 86
+    assert reward.attribute_matches(["cafe"], ["café"], "", [], "") == 1
+    assert reward.fuzzy_score("Ωmega", "mega") < 100          # above Latin-1: kept, as thefuzz keeps it
+    assert reward.fuzzy_score("ñ", "x") == 0                  # nothing left after deletion
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=st.text(max_size=30), second=st.text(max_size=30))
+def test_fuzzy_score_is_the_score_of_the_latin1_free_text(first, second):
+    from rapidfuzz import fuzz, utils
+
+    score = reward.fuzzy_score(first, second)
+    assert isinstance(score, int) and 0 <= score <= 100
+    kept = [utils.default_process("".join(c for c in text if not 128 <= ord(c) <= 255)) for text in (first, second)]
+    expected = round(fuzz.token_set_ratio(*kept)) if all(kept) else 0
+    assert score == expected
 
 
 def test_fuzzy_matching_follows_thefuzz():
@@ -106,9 +166,55 @@ def test_fuzzy_matching_follows_thefuzz():
 
 
 def test_title_nouns_heuristic():
-    assert reward.title_nouns("Women's Lightweight Running Shoes, Black") == ["women", "running", "shoes"]
+    # Closed-class words and bare numbers out, punctuation splits tokens, the possessive goes.
+    assert reward.title_nouns("Women's Lightweight Running Shoes, Black") == [
+        "women", "lightweight", "running", "shoes", "black"]
+    assert reward.title_nouns("USB-C Cable for the Car, 2 Pack, 60W") == ["usb", "c", "cable", "car", "pack", "60w"]
+    assert reward.title_nouns("Coffee Brown Steel Mug") == ["coffee", "brown", "steel", "mug"]   # colour words count
+    assert reward.title_nouns("Batteries Included") == ["batteries"]
     assert reward.title_nouns("Shoes and shoes") == ["shoes", "shoes"]   # duplicates kept (the denominator)
     assert reward.title_score("shoes shoes boots", "shoes") == pytest.approx(1 / 3)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=60))
+def test_heuristic_nouns_of_any_text(text):
+    nouns = reward.heuristic_title_nouns(text)
+    assert all(n and n.isalnum() and not n.isdigit() and n == n.lower() and n not in reward._NOT_NOUNS for n in nouns)
+    assert 0.0 <= reward.title_score(text, text) <= 1.0
+
+
+needs_spacy = pytest.mark.skipif(not reward.spacy_available(),
+                                 reason="spaCy's en_core_web_sm is not installed (pip install 'turnrl[webshop-spacy]')")
+
+
+@needs_spacy
+def test_spacy_nouns_are_the_taggers():
+    # NOUN and PROPN tokens, lower-cased, as the original keeps them; the tagger reads "Black" after the comma
+    # as an adjective and "60W" as a verb, which the heuristic cannot.
+    assert reward.title_nouns("Women's Lightweight Running Shoes, Black", "spacy") == [
+        "women", "lightweight", "running", "shoes"]
+    assert reward.title_nouns("USB-C Cable 60W Fast Charging", "spacy") == ["usb", "c", "cable", "fast", "charging"]
+    assert reward.resolve_noun_mode("auto") == "spacy"
+    env = WebShopEnv(progress=False)
+    assert env.noun_mode == "spacy"
+    env.reset(task=env.tasks("test")[0], seed=0)
+    assert env.step("search[x]").info["title_nouns"] == "spacy"
+
+
+def test_noun_modes(monkeypatch):
+    env = WebShopEnv(progress=False, title_nouns="heuristic")
+    assert env.noun_mode == "heuristic"
+    env.reset(task=env.tasks("test")[0], seed=0)
+    assert env.step("search[shoes]").info["title_nouns"] == "heuristic"
+    assert WebShopEnv(progress=False).noun_mode == ("spacy" if reward.spacy_available() else "heuristic")
+    with pytest.raises(ValueError, match="auto.*spacy.*heuristic"):
+        WebShopEnv(progress=False, title_nouns="pos")
+    # Without the model: "auto" falls back to the heuristic, "spacy" says how to install it.
+    monkeypatch.setattr(reward, "_spacy_pipeline", lambda: None)
+    assert WebShopEnv(progress=False).noun_mode == "heuristic"
+    with pytest.raises(ImportError, match=r"turnrl\[webshop-spacy\]"):
+        WebShopEnv(progress=False, title_nouns="spacy")
 
 
 # --- a small catalogue in the original schema -----------------------------------------------------------
@@ -284,7 +390,7 @@ def test_every_transition(small_env):
     done = env.step("click[buy now]")
     # lightweight (title) and rubber sole (attributes) match, black matches, 9 is not 8, price is under the cap
     assert done.reward == pytest.approx(4 / 5) and done.done
-    assert done.info == {"success": False, "invalid": False, "score": pytest.approx(0.8)}
+    assert done.info == {"success": False, "invalid": False, "score": pytest.approx(0.8), "title_nouns": env.noun_mode}
     assert done.observation.startswith(f"Thank you for shopping with us! [SEP] Purchased [SEP] {SHOE}")
     assert env.admissible_actions() == [] and env.expert_action() is None
     over = env.step("click[buy now]")
@@ -317,7 +423,8 @@ def test_expert_and_reward_one_on_the_small_catalogue(small_env):
         assert not result.info["invalid"]
     assert actions == ["search[i want lightweight running shoes in black and size 8]", f"click[{SHOE.lower()}]",
                        "click[black]", "click[8]", "click[buy now]"]
-    assert result.reward == 1.0 and result.info == {"success": True, "invalid": False, "score": 1.0}
+    assert result.reward == 1.0 and result.info == {"success": True, "invalid": False, "score": 1.0,
+                                                    "title_nouns": env.noun_mode}
 
 
 def _go_to(env, page):
@@ -339,7 +446,7 @@ def test_invalid_actions_change_nothing(small_env, page, action):
         pytest.skip("valid on this page")
     before = page_state(env)
     result = env.step(action)
-    assert result.info == {"success": False, "invalid": True, "score": 0.0}
+    assert result.info == {"success": False, "invalid": True, "score": 0.0, "title_nouns": small_env.noun_mode}
     assert result.reward == 0.0 and not result.done
     assert result.observation.startswith("Invalid action: ") and result.observation.endswith(before[0])
     assert page_state(env) == before

@@ -1,4 +1,4 @@
-"""The `turnrl` command line: envs | doctor | train | eval | sft | report | play.
+"""The `turnrl` command line: envs | doctor | train | eval | sft | search | dpo | agentq | report | play.
 
 Every command that takes `--env` also takes `--env-module FILE_OR_MODULE`, imported first so that a
 user's own file can call `register_env`.
@@ -42,7 +42,10 @@ def _check_env(env: str, split: str | None = None, env_kwargs: dict | None = Non
     if env not in list_envs():
         _fail(f"unknown environment {env!r}; registered: {', '.join(list_envs())} "
               "(a user environment needs --env-module FILE_OR_MODULE)")
-    instance = make_env(env, **(env_kwargs or {}))
+    try:
+        instance = make_env(env, **(env_kwargs or {}))
+    except (TypeError, ValueError) as err:   # a wrong keyword or value for this environment's factory
+        _fail(f"environment {env!r} cannot be made with env_kwargs {env_kwargs}: {err}")
     if split is not None:
         try:
             instance.tasks(split)
@@ -171,6 +174,10 @@ def eval_command(
     seed: int = typer.Option(0),
     prompt_style: str = typer.Option("compact", help="compact or verl-agent (match the training run)"),
     cross_turn_cache: bool = typer.Option(True, help="full context: keep the KV cache between turns"),
+    search: bool = typer.Option(False, "--search", help="act by Monte-Carlo tree search from the current state at "
+                                                       "each step (Agent Q + MCTS); proposals sample at --temperature, "
+                                                       "or 1.0 when it is 0"),
+    simulations: int = typer.Option(16, "--simulations", help="--search: simulations per step"),
 ) -> None:
     """Evaluate a model or a scripted policy; writes a JSON summary and JSONL trajectories."""
     _load_env_module(env_module)
@@ -180,6 +187,10 @@ def eval_command(
         _fail("give exactly one of --model M or --policy expert|random")
     if policy is not None and policy not in ("expert", "random"):
         _fail(f"--policy must be one of: expert, random (got {policy!r})")
+    if search and policy is not None:
+        _fail("--search acts with a model's proposals: give --model M, not --policy")
+    if simulations < 1:
+        _fail(f"--simulations must be at least 1 (got {simulations})")
     from turnrl.agents.prompts import PromptBuilder, parse_context
 
     try:
@@ -214,10 +225,20 @@ def eval_command(
         from turnrl.agents.policy import Policy
 
         model_obj, tokenizer = load_model(model)
-        agent = Policy(model_obj, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
-        played = evaluate(agent, env, tasks, env_kwargs=kwargs, context=context, max_turns=max_turns, seed=seed,
-                          prompt_builder=builder, cross_turn_cache=cross_turn_cache)
+        if search:
+            from turnrl.search import SearchConfig, act_by_search
+
+            agent = Policy(model_obj, tokenizer, temperature=temperature or 1.0, max_new_tokens=max_new_tokens)
+            played, trees = act_by_search(agent, env, tasks, SearchConfig(simulations=simulations, max_turns=max_turns,
+                                                                          context=context),
+                                          env_kwargs=kwargs, seed=seed, builder=builder)
+        else:
+            agent = Policy(model_obj, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+            played = evaluate(agent, env, tasks, env_kwargs=kwargs, context=context, max_turns=max_turns, seed=seed,
+                              prompt_builder=builder, cross_turn_cache=cross_turn_cache)
     summary = {"env": env, "split": split, "model": model, "policy": policy or "model", **summarize(played)}
+    if search:
+        summary.update(search=True, simulations=simulations, env_steps=sum(t.env_steps for t in trees))
     from turnrl.outputs import write_text_atomic
 
     write_text_atomic(trajectories, "".join(json.dumps(e.to_json(), default=str, allow_nan=False) + "\n"
@@ -265,6 +286,105 @@ def sft(
                     context=context, max_turns=max_turns, epochs=epochs, learning_rate=learning_rate,
                     batch_size=batch_size, lora=lora, seed=seed, prompt_style=prompt_style)
     console.print(f"model saved to {escape(str(final))}")
+
+
+@app.command("search")
+def search_command(
+    env: str = typer.Option(..., help="environment name"),
+    model: str = typer.Option("tiny", help="policy (hub id, path, alias, or a run's final/)"),
+    tasks: int = typer.Option(8, help="tasks searched (from the start of the split)"),
+    output_dir: Path = typer.Option(Path("runs/search"), help="trees.jsonl, episodes.jsonl and pairs/ go here"),
+    env_module: str | None = EnvModule,
+    env_kwargs: str | None = typer.Option(None, help="JSON object of environment keyword arguments"),
+    split: str = typer.Option("train", help="task split"),
+    simulations: int = typer.Option(16, help="simulations per task"),
+    branching: int = typer.Option(4, help="K: distinct actions proposed at each expansion"),
+    exploration: float = typer.Option(1.0, help="c_exp of UCB1"),
+    alpha: float = typer.Option(0.5, help="blend α·Q_mcts + (1-α)·Q_critic; 1 = no critic"),
+    threshold: float = typer.Option(0.1, help="θ: preference pairs need |ΔQ| > θ"),
+    context: str = typer.Option("full", help="full or window:k (match the trainer that uses the episodes)"),
+    max_turns: int = typer.Option(10, help="depth limit, in agent turns"),
+    max_new_tokens: int = typer.Option(64),
+    temperature: float = typer.Option(1.0, help="proposal and rollout temperature"),
+    batch_size: int = typer.Option(8, help="trees searched at once, their generation batched together"),
+    seed: int = typer.Option(0),
+    prompt_style: str = typer.Option("compact", help="compact or verl-agent (match the training run)"),
+) -> None:
+    """Agent Q tree search: writes the trees, each task's best trajectory and step-level preference pairs."""
+    _load_env_module(env_module)
+    kwargs = _parse_json(env_kwargs, "--env-kwargs")
+    instance = _check_env(env, split, kwargs)
+    from turnrl.agents.prompts import PromptBuilder
+    from turnrl.search import SearchConfig, run_search
+
+    if temperature <= 0:
+        _fail(f"--temperature must be > 0: greedy proposals are all the same action (got {temperature})")
+    try:
+        config = SearchConfig(simulations=simulations, branching=branching, exploration=exploration, alpha=alpha,
+                              max_turns=max_turns, context=context)
+        builder = PromptBuilder(style=prompt_style)
+    except ValueError as err:
+        _fail(str(err))
+    from turnrl.agents.models import load_model
+    from turnrl.agents.policy import Policy
+
+    split_tasks = list(instance.tasks(split))
+    chosen = [split_tasks[i % len(split_tasks)] for i in range(tasks)]
+    model_obj, tokenizer = load_model(model)
+    policy = Policy(model_obj, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+    summary = run_search(policy, env, chosen, config, output_dir, env_kwargs=kwargs, threshold=threshold, seed=seed,
+                         batch_size=batch_size, builder=builder)
+    print(json.dumps({"model": model, "split": split, **summary}, default=str))
+
+
+@app.command()
+def dpo(
+    pairs: Path = typer.Option(..., help="the pairs/ folder of `turnrl search`"),
+    model: str = typer.Option("tiny", help="the policy that searched (hub id, path, alias, or a run's final/)"),
+    output_dir: Path = typer.Option(Path("runs/dpo"), help="the trained model goes to OUTPUT_DIR/final"),
+    beta: float = typer.Option(0.1, help="DPO β"),
+    reference: str = typer.Option("recompute", help="recompute (TRL: adapter off) or behaviour (the search's "
+                                                     "logged log-probs, the paper's; needs temperature 1)"),
+    epochs: float = typer.Option(1.0),
+    learning_rate: float = typer.Option(5e-5),
+    batch_size: int = typer.Option(8),
+    lora: bool = typer.Option(True, help="train a LoRA adapter (the reference is the adapter switched off)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Step-level DPO on search preference pairs (TRL DPOTrainer)."""
+    from turnrl.algorithms.dpo import REFERENCES, run_dpo
+
+    if reference not in REFERENCES:
+        _fail(f"--reference must be one of: {', '.join(REFERENCES)} (got {reference!r})")
+    try:
+        summary = run_dpo(model=model, pairs=pairs, output_dir=output_dir, lora=lora, beta=beta, reference=reference,
+                          epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    print(json.dumps(summary, default=str))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def agentq(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, "--config", help="YAML of AgentQConfig keys (configs/*_agentq.yaml)"),
+) -> None:
+    """The Agent Q loop: search -> step DPO (or policy gradient on the search episodes) -> evaluation."""
+    from turnrl.algorithms.config import ConfigError
+    from turnrl.algorithms.dpo import load_agentq_config, parse_agentq_overrides, run_agentq
+
+    try:
+        cfg = load_agentq_config(config, parse_agentq_overrides(list(ctx.args)))
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        _fail(str(err))
+    _load_env_module(cfg.env_module)
+    _check_env(cfg.env, cfg.split, cfg.env_kwargs)
+    _check_env(cfg.env, cfg.eval_split, cfg.env_kwargs)
+    try:
+        summary = run_agentq(cfg)
+    except (FileNotFoundError, ValueError, ConfigError) as err:
+        _fail(str(err))
+    print(json.dumps(summary, default=str))
 
 
 @app.command()

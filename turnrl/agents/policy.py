@@ -180,7 +180,9 @@ class Policy:
         """The temperature the recorded log-probs use (greedy decoding records plain log-probs)."""
         return self.temperature if self.temperature > 0 else 1.0
 
-    def _sample(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, logits: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample one token per row. `generator` is one torch.Generator for the batch, or a list with one per row
+        (then a row's tokens do not depend on which other rows share its batch)."""
         logprobs = torch.log_softmax(logits / self.logprob_temperature, dim=-1)
         if self.temperature == 0:
             tokens = logprobs.argmax(-1)
@@ -191,13 +193,18 @@ class Policy:
                 outside = sorted_probs.cumsum(-1) - sorted_probs > self.top_p   # keep the token that crosses p
                 sorted_probs = sorted_probs.masked_fill(outside, 0.0)
                 probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            if isinstance(generator, (list, tuple)):
+                tokens = torch.cat([torch.multinomial(probs[row: row + 1], 1, generator=g).view(1)
+                                    for row, g in enumerate(generator)])
+            else:
+                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], *, generator: torch.Generator | None = None,
+    def generate(self, prompts: list[list[int]], *, generator=None,
                  envs: list | None = None, cache: TurnCache | None = None) -> list[Completion]:
-        """Sample one completion for each prompt (token ids), all in one batch. `envs` (one per prompt,
+        """Sample one completion for each prompt (token ids), all in one batch; `generator` is one
+        torch.Generator or one per prompt. `envs` (one per prompt,
         optional) supply per-row `stop_strings`; they also let a scripted policy such as `ExpertPolicy`
         stand in for a model. `cache` (optional, for conversations that only grow): row r of the cache
         holds a prefix of prompt r, only the rest is prefilled, and the cache is left holding each

@@ -109,11 +109,12 @@ class _Live:
         self.observation = observation
         self.messages: list[dict] = []
         self.history: list[HistoryEntry] = []
+        self.generator = None   # this episode's own sampling generator, where the rollout has one per episode
 
 
 def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *, env_name: str,
             context: str = "full", max_turns: int = 10, invalid_penalty: float = 0.1,
-            prompt_builder: PromptBuilder | None = None, generator: torch.Generator | None = None,
+            prompt_builder: PromptBuilder | None = None, generator=None,
             max_context_tokens: int | None = None, cross_turn_cache: bool = True,
             progress: Callable[[dict], None] | None = None, step_timeout: float | None = None) -> list[Episode]:
     """Play one episode per (environment, spec) pair with one batched generation per turn.
@@ -124,7 +125,8 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
 
     In `full` context with `cross_turn_cache`, each live conversation's KV cache is kept between turns
     and only its new segment is prefilled (`TurnCache`); the tokens and log-probs are the same as
-    without it. `progress`, if given, is called after every turn with {"turn", "live", "tokens"}.
+    without it. `generator` is one torch.Generator for all sampling, or a list with one per spec: then an
+    episode's samples do not depend on which other episodes share the batch (or the process). `progress`, if given, is called after every turn with {"turn", "live", "tokens"}.
     """
     if len(envs) != len(specs):
         raise ValueError(f"{len(envs)} environments for {len(specs)} episodes")
@@ -135,8 +137,11 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
         cache = TurnCache()
     builder = prompt_builder or PromptBuilder()
     chat = ChatTokens(policy.tokenizer)
+    per_episode = isinstance(generator, (list, tuple))
+    if per_episode and len(generator) != len(specs):
+        raise ValueError(f"{len(generator)} generators for {len(specs)} episodes")
     live, episodes = [], []
-    for env, spec in zip(envs, specs):
+    for number, (env, spec) in enumerate(zip(envs, specs)):
         episode = Episode(env_name, spec.task, spec.seed, spec.group_id, context)
         episodes.append(episode)
         try:
@@ -145,6 +150,7 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
             episode.stop_reason, episode.error = "failed", str(failure)
             continue
         state = _Live(env, episode, observation)
+        state.generator = generator[number] if per_episode else generator
         if window is None:
             state.messages = builder.first_message(env, observation)
             state.episode.token_ids = chat.prompt_ids(state.messages, tools=env.tool_schemas)
@@ -160,7 +166,8 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
                                 tools=s.env.tool_schemas)
                 for s in live
             ]
-        completions = policy.generate(prompts, generator=generator, envs=[s.env for s in live],
+        completions = policy.generate(prompts, generator=[s.generator for s in live] if per_episode else generator,
+                                      envs=[s.env for s in live],
                                       **({"cache": cache} if cache is not None else {}))
         still_live, kept_rows = [], []
         for row, (state, prompt, completion) in enumerate(zip(live, prompts, completions)):

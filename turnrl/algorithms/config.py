@@ -116,8 +116,8 @@ class TrainConfig:
     learning_rate: float = _f(1e-5, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     epochs: int = _f(1, "passes over each iteration's samples")
-    minibatch_size: int = _f(8, "at most this many training sequences per optimizer step (an iteration's "
-                                    "samples are split into equal minibatches)")
+    minibatch_size: int = _f(8, "at most this many training sequences per optimizer step, over all processes (an "
+                                    "iteration's samples are split into equal minibatches)")
     micro_batch_size: int = _f(4, "training sequences per forward/backward (gradient accumulation)")
     loss_aggregation: str = _f(
         "episode", "episode: mean over each episode's agent tokens, then over episodes (GRPO's 1/|o| weighting); "
@@ -144,6 +144,10 @@ class TrainConfig:
                           choices=("token", "turn", "sequence"))
     kl_coef: float = _f(0.0, "weight of the k3 KL penalty to the reference policy (0 = off)")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    conventions: str = _f("paper", "group advantages' conventions: paper (population std, penalties out of the "
+                                   "episode score) or verl-agent (its code's: sample std, penalty in the episode "
+                                   "score, per-step penalty in multi-turn GRPO, HGPO weights 2:3:4; docs/parity.md)",
+                          choices=("paper", "verl-agent"))
     advantage_norm: str | None = _f(None, "group normalisation of grpo/gigpo/hgpo (for gae: over the iteration's "
                                           "turns, as verl whitens GAE): mean_std (default) or mean",
                                     choices=("mean_std", "mean"))
@@ -189,6 +193,9 @@ class TrainConfig:
             self.gamma = 1.0 if self.gamma is None else self.gamma
             if self.critic_learning_rate is None:
                 self.critic_learning_rate = 10 * self.learning_rate
+        if self.conventions != "paper" and self.advantage not in ("grpo", "gigpo", "hgpo"):
+            raise ConfigError(f"conventions: {self.conventions} applies to advantage grpo, gigpo or hgpo only, not "
+                              f"{self.advantage}")
         if self.advantage_norm is not None and self.advantage == "rloo":
             raise ConfigError("advantage_norm does not apply to advantage rloo (a leave-one-out baseline, no std)")
         if self.history_length is not None and (isinstance(self.history_length, bool) or self.history_length < 0):

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 
 from turnrl.agents.models import default_cache_dir, load_model, save_model
 from turnrl.agents.policy import Policy, pad_right, positions_from_mask, token_logprobs
@@ -32,7 +33,7 @@ from turnrl.agents.prompts import PromptBuilder
 from turnrl.agents.rollout import evaluate, group_specs, rollout
 from turnrl.algorithms.advantages import (
     gigpo_advantages,
-    grpo_advantages,
+    grpo_step_advantages,
     hgpo_advantages,
     hgpo_level_stats,
     rloo_advantages,
@@ -57,18 +58,19 @@ def episode_turn_advantages(config: TrainConfig, episodes: list[Episode]) -> lis
     `full` mode a turn's advantage applies to that turn's tokens.
     """
     groups = [e.group_id for e in episodes]
-    if config.advantage in ("grpo", "rloo"):
-        returns = [e.total_reward - e.total_penalty for e in episodes]
-        per_episode = (grpo_advantages(returns, groups, norm=config.advantage_norm) if config.advantage == "grpo"
-                       else rloo_advantages(returns, groups))
-        return [[adv] * len(e.turns) for adv, e in zip(per_episode, episodes)]
     observations, rewards, penalties = _turn_lists(episodes)
+    if config.advantage == "rloo":
+        per_episode = rloo_advantages([e.total_reward - e.total_penalty for e in episodes], groups)
+        return [[adv] * len(e.turns) for adv, e in zip(per_episode, episodes)]
+    if config.advantage == "grpo":   # paper: the episode's return on every turn; verl-agent: minus that turn's penalty
+        return grpo_step_advantages(rewards, groups, norm=config.advantage_norm, penalties=penalties,
+                                    conventions=config.conventions)
     if config.advantage == "gigpo":
         return gigpo_advantages(observations, rewards, groups, gamma=config.gamma, omega=config.step_advantage_weight,
-                                norm=config.advantage_norm, penalties=penalties)
+                                norm=config.advantage_norm, penalties=penalties, conventions=config.conventions)
     return hgpo_advantages(observations, rewards, groups, history_length=config.history_length, gamma=config.gamma,
                            alpha=config.hgpo_alpha, norm=config.advantage_norm, base_group=config.hgpo_base_group,
-                           penalties=penalties)
+                           penalties=penalties, conventions=config.conventions)
 
 
 def _turn_lists(episodes: list[Episode]) -> tuple[list[list[str]], list[list[float]], list[list[float]]]:
@@ -213,9 +215,7 @@ class ClipBiasNormaliser:
             flat = self.accelerator.reduce(flat, reduction="sum")
         norm = float(flat.norm())
         scale = clip_bias_scale(norm, self.tau)
-        held = self.held
-        if held is not None and self.accelerator.num_processes > 1:   # synchronised gradients are means
-            held = [self.accelerator.reduce(h, reduction="mean") for h in held]
+        held = self.held   # local, like the gradients it is part of (they are averaged after this)
         if scale != 1.0:
             for i, p in enumerate(self.params):
                 if p.grad is not None:
@@ -241,7 +241,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, progress: bool = True):
         self.config = config
-        self.accelerator = Accelerator()
+        # No buffer broadcast in DDP's forward: the buffers (rotary frequencies) are the same everywhere, and a
+        # broadcast would be a collective in every forward, while processes run different numbers of micro-batches.
+        self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
         self.progress = progress and self.accelerator.is_main_process
         torch.manual_seed(config.seed)
         if config.env_module:
@@ -306,15 +308,25 @@ class Trainer:
             [rng.choice(self.train_tasks) for _ in range(count)]
         return drawn[self.accelerator.process_index:: self.accelerator.num_processes]
 
-    def generator(self, iteration: int) -> torch.Generator:
-        seed = (self.config.seed * 1_000_003 + iteration) * 64 + self.accelerator.process_index
-        return torch.Generator(device=self.accelerator.device).manual_seed(seed)
+    def generators(self, iteration: int, draw: int, groups: int) -> list[torch.Generator]:
+        """One sampling generator per episode of this process's `groups` task groups, seeded by (seed, iteration,
+        draw, the group's index over all processes, the member): an episode samples the same tokens whichever
+        process plays it and whatever shares its batch, so N processes roll out what one process would."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        out = []
+        for g in range(groups):
+            for member in range(self.config.group_size):
+                key = f"{self.config.seed}-{iteration}-{draw}-{rank + world * g}-{member}"
+                seed = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
+                out.append(torch.Generator(device=self.accelerator.device).manual_seed(seed))
+        return out
 
-    def play(self, tasks: list, generator: torch.Generator) -> list[Episode]:
-        """One group of `group_size` rollouts per task."""
+    def play(self, tasks: list, iteration: int, draw: int = 0) -> list[Episode]:
+        """One group of `group_size` rollouts per task (the tasks of `iteration_tasks(iteration, draw)`)."""
         cfg = self.config
         self.model.eval()
         specs = group_specs(tasks, cfg.group_size, seed=cfg.seed)
+        generator = self.generators(iteration, draw, len(tasks))
         start = time.perf_counter()
         with self.phases.phase("rollout", total=cfg.max_turns) as show:
             def turn_done(state: dict) -> None:
@@ -350,10 +362,9 @@ class Trainer:
         whose returns are all equal carry no signal and are dropped, and further task groups are drawn
         until every process holds its share of informative groups or `filter_groups_max_draws` is reached."""
         cfg = self.config
-        generator = self.generator(iteration)
         self.failures = {}
         if not cfg.filter_groups:
-            played = self.play(self.iteration_tasks(iteration), generator)
+            played = self.play(self.iteration_tasks(iteration), iteration)
             episodes = self.label(self.without_failed(played), iteration)
             kept = len({e.group_id for e in episodes})
             return episodes, {"groups_drawn": self.local_tasks, "groups_kept": kept,
@@ -362,7 +373,7 @@ class Trainer:
         kept: list[list[Episode]] = []
         drawn = dropped = drawn_episodes = drawn_successes = 0
         for draw in range(cfg.filter_groups_max_draws):
-            episodes = self.play(self.iteration_tasks(iteration, draw), generator)
+            episodes = self.play(self.iteration_tasks(iteration, draw), iteration, draw)
             drawn_episodes += len(episodes)
             drawn_successes += sum(e.success for e in episodes)
             usable = self.without_failed(episodes)
@@ -409,14 +420,21 @@ class Trainer:
         value = torch.tensor([0.0 if flag else 1.0], device=self.accelerator.device)
         return float(self.accelerator.reduce(value, reduction="sum")) == 0.0
 
-    def sync_critic_gradients(self) -> None:
-        """Average the critic's own gradients over processes (the policy's are synchronised by accelerate; the
-        critic is not wrapped). A process without samples contributes zeros."""
+    def sync_gradients(self) -> None:
+        """Average every trainable parameter's gradient (policy, critic) over processes in one all-reduce per
+        optimizer step. Backward passes run without DDP's per-backward synchronisation, so processes may run
+        different numbers of micro-batches (or none: a process without samples contributes zeros)."""
         if self.accelerator.num_processes == 1:
             return
-        for p in self.critic.parameters():
-            grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            p.grad = self.accelerator.reduce(grad, reduction="mean")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.critic is not None:
+            params += list(self.critic.parameters())
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        flat = self.accelerator.reduce(flat, reduction="mean")
+        offset = 0
+        for p in params:
+            p.grad = flat[offset: offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
 
     @torch.no_grad()
     def turn_values(self, samples: list[Sample]) -> dict[tuple[int, int], float]:
@@ -428,13 +446,25 @@ class Trainer:
             batch = make_batch(micro, [1.0] * len(micro), self.policy.pad_id, self.accelerator.device)
             hidden = None
             if self.critic.needs_policy_hidden:
-                _, hidden = token_logprobs(self.model, batch.input_ids, batch.attention_mask, return_hidden=True)
+                _, hidden = token_logprobs(self.policy.model, batch.input_ids, batch.attention_mask, return_hidden=True)
             v = self.critic.values(batch.input_ids, batch.attention_mask, positions_from_mask(batch.attention_mask),
                                    hidden)
             starts = turn_starts(batch.turn_index)
             for row, col in starts.nonzero().tolist():
                 values[(micro[row].episode_index, int(batch.turn_index[row, col]))] = float(v[row, col])
         return values
+
+    def whiten(self, advantages: list[list[float]], norm: str) -> list[list[float]]:
+        """GAE advantages centred (mean) or whitened (mean_std) over every turn of the iteration on all processes,
+        as `episode_gae(norm=...)` does on one."""
+        flat = [a for adv in advantages for a in adv]
+        sums = _reduce(self.accelerator, {"n": float(len(flat)), "sum": math.fsum(flat),
+                                          "squares": math.fsum(a * a for a in flat)})
+        if sums["n"] < 2:
+            return advantages
+        mean = sums["sum"] / sums["n"]
+        std = math.sqrt(max(sums["squares"] / sums["n"] - mean * mean, 0.0)) if norm == "mean_std" else None
+        return [[(a - mean) / (std + 1e-8) if std is not None else a - mean for a in adv] for adv in advantages]
 
     def training_samples(self, episodes: list[Episode]) -> tuple[list[Sample], list[list[float]]]:
         """The episodes' training samples and per-turn advantages. With advantage gae the critic values every
@@ -449,8 +479,8 @@ class Trainer:
         # a turn without tokens (nothing generated) has no state to read and nothing to train: value 0
         turn_values = [[values.get((i, t), 0.0) for t in range(len(e.turns))] for i, e in enumerate(episodes)]
         rewards = [[t.reward - t.penalty for t in e.turns] for e in episodes]
-        advantages, targets = episode_gae(rewards, turn_values, gamma=cfg.gamma, lam=cfg.gae_lambda,
-                                          norm=cfg.advantage_norm)
+        advantages, targets = episode_gae(rewards, turn_values, gamma=cfg.gamma, lam=cfg.gae_lambda, norm=None)
+        advantages = self.whiten(advantages, cfg.advantage_norm)
         samples = []
         for i, (e, adv) in enumerate(zip(episodes, advantages)):
             for sample in episode_samples(e, adv, i):
@@ -464,7 +494,7 @@ class Trainer:
         temperature = self.policy.logprob_temperature
         if self.config.lora:
             with self.accelerator.unwrap_model(self.model).disable_adapter():
-                return token_logprobs(self.model, batch.input_ids, batch.attention_mask, temperature)
+                return token_logprobs(self.policy.model, batch.input_ids, batch.attention_mask, temperature)
         return token_logprobs(self.reference, batch.input_ids, batch.attention_mask, temperature)
 
     def token_weight(self, sample: Sample) -> float:
@@ -473,11 +503,18 @@ class Trainer:
             return 1.0
         return 1.0 / max(sample.episode_agent_tokens, 1)
 
-    def minibatch_count(self, local_samples: int) -> int:
-        """Minibatches per epoch: enough for `minibatch_size`, and the same on every process, since each
-        optimizer step synchronises gradients across processes."""
-        count = torch.tensor([math.ceil(local_samples / self.config.minibatch_size)], device=self.accelerator.device)
-        return int(self.accelerator.gather(count).max())
+    def sample_offset(self, local_samples: int) -> tuple[int, int]:
+        """(the number of this process's first sample among all processes' samples, the total), processes in
+        order of their index."""
+        if self.accelerator.num_processes == 1:
+            return 0, local_samples
+        counts = self.accelerator.gather(torch.tensor([local_samples], device=self.accelerator.device)).tolist()
+        return sum(counts[: self.accelerator.process_index]), sum(counts)
+
+    def max_over_processes(self, value: int) -> int:
+        if self.accelerator.num_processes == 1:
+            return value
+        return int(self.accelerator.gather(torch.tensor([value], device=self.accelerator.device)).max())
 
     def global_normaliser(self, local_weight: float) -> float:
         """The loss normaliser of a minibatch: its weight summed over all processes (a token mean divides by
@@ -489,12 +526,6 @@ class Trainer:
         total = self.accelerator.reduce(torch.tensor([float(local_weight)], device=self.accelerator.device),
                                         reduction="sum")
         return float(total) / world
-
-    def zero_backward(self) -> None:
-        """A backward pass that contributes nothing, for a process with no samples in a minibatch."""
-        ids = torch.full((1, 2), self.policy.pad_id, dtype=torch.long, device=self.accelerator.device)
-        loss = token_logprobs(self.model, ids, torch.ones_like(ids)).sum() * 0.0
-        self.accelerator.backward(loss)
 
     def has_signal(self, sample: Sample) -> bool:
         """Whether a sample's loss can be non-zero: an agent token with a non-zero advantage, or a KL term.
@@ -519,15 +550,18 @@ class Trainer:
         ratios: list[torch.Tensor] = []   # the ratios the objective saw, for the tail statistics
         clip_by_staleness: dict[int, list] = {}   # staleness -> [clipped tokens, tokens]
         first_update = True
-        n_minibatches = self.minibatch_count(len(samples))
+        # Minibatches are drawn over the samples of all processes (numbered process by process), each process
+        # training on its own members: N processes take the same steps on the same global batch as one.
+        offset, total = self.sample_offset(len(samples))
+        n_minibatches = math.ceil(total / cfg.minibatch_size)
         signal = [self.has_signal(s) or not self.skip_zero_signal for s in samples]
         with self.phases.phase("update", total=cfg.epochs * n_minibatches) as show:
             for epoch in range(cfg.epochs):
-                order = list(range(len(samples)))
+                order = list(range(total))
                 rng.shuffle(order)
                 for k in range(n_minibatches):
                     show(completed=epoch * n_minibatches + k, skipped=skipped)
-                    chosen = order[k::n_minibatches]
+                    chosen = [i - offset for i in order[k::n_minibatches] if offset <= i < offset + len(samples)]
                     minibatch = [samples[i] for i in chosen]
                     active = [samples[i] for i in chosen if signal[i]]
                     skipped += len(minibatch) - len(active)
@@ -539,7 +573,6 @@ class Trainer:
                     value_weight = self.global_normaliser(sum(_turn_count(s) for s in minibatch)) \
                         if self.critic is not None else 1.0
                     if not active or not local_weight:   # others have: stay in step with them
-                        self.zero_backward()
                         active = []
                     minibatch_loss = 0.0   # summed over micro-batches: a NaN or infinity anywhere shows here
                     micro_batches = [active[i: i + cfg.micro_batch_size]
@@ -549,9 +582,12 @@ class Trainer:
                                            acc.device)
                         mask = batch.loss_mask
                         shared_trunk = self.critic is not None and self.critic.needs_policy_hidden
-                        new, hidden = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                        # the unwrapped model: gradients are averaged over processes once per step (sync_gradients),
+                        # not by DDP's hooks, so processes may run different numbers of micro-batches
+                        new, hidden = token_logprobs(self.policy.model, batch.input_ids, batch.attention_mask,
                                                      self.policy.logprob_temperature, return_hidden=True) \
-                            if shared_trunk else (token_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                            if shared_trunk else (token_logprobs(self.policy.model, batch.input_ids,
+                                                                 batch.attention_mask,
                                                                  self.policy.logprob_temperature), None)
                         ratio = torch.exp(self.log_ratio(new - batch.behaviour, batch.turn_index, mask))
                         loss_tokens, clipped = ppo_clip_loss(ratio, batch.advantages, cfg.clip_eps, cfg.clip_eps_high,
@@ -579,20 +615,16 @@ class Trainer:
                             kl = kl_k3(new, self.reference_logprobs(batch))
                             loss = loss + cfg.kl_coef * (kl * batch.weights).sum() / minibatch_weight
                             stats["kl"] += float((kl.detach() * mask).sum())
-                        if index < len(micro_batches) - 1:
-                            with acc.no_sync(self.model):
-                                acc.backward(loss)
-                        else:
-                            acc.backward(loss)
+                        acc.backward(loss)
                         with torch.no_grad():
                             on = mask.bool()
                             fresh = on & (batch.policy_version == iteration - 1)[:, None]
                             if first_update and fresh.any():   # nothing updated yet: fresh samples must agree
                                 diff = float((new - batch.behaviour).abs()[fresh].max())
                                 stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"] or 0.0, diff)
-                            if cfg.max_staleness:   # clipped and all tokens by staleness (0 = fresh)
+                            if cfg.max_staleness:   # clipped and all tokens by staleness (0 = fresh; not search)
                                 staleness = (iteration - 1 - batch.policy_version)[:, None].expand_as(on)[on]
-                                for age in staleness.unique().tolist():
+                                for age in [a for a in staleness.unique().tolist() if a <= cfg.max_staleness]:
                                     at = staleness == age
                                     by_age = clip_by_staleness.setdefault(int(age), [0.0, 0])
                                     by_age[0] += float(clipped[on][at].sum())
@@ -607,8 +639,7 @@ class Trainer:
                     c_norm = self.clip_bias.scale_gradients()
                     if c_norm is not None:
                         clip_bias_norms.append(c_norm)
-                    if self.critic is not None:
-                        self.sync_critic_gradients()
+                    self.sync_gradients()
                     # policy and critic clipped apart, as verl's actor and critic (max_grad_norm 0: measured only)
                     limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
                     grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), limit))
@@ -632,6 +663,28 @@ class Trainer:
                     self.optimizer.step()
                     self.optimizer.zero_grad()
                     steps += 1
+        local_tokens = computed_tokens   # this process's (the loop sums them over processes)
+        if acc.num_processes > 1:   # the statistics of the whole update, over every process's tokens
+            sums = _reduce(acc, {"loss": stats["loss"], "kl": stats["kl"], "clip_fraction": stats["clip_fraction"],
+                                 "ratio_mean": stats["ratio_mean"], "agent_tokens": agent_tokens,
+                                 "computed_tokens": computed_tokens, "value_loss": value_stats[0],
+                                 "value_clipped": value_stats[1], "value_turns": value_stats[2],
+                                 **{f"clip{age}": clip_by_staleness.get(age, [0.0, 0])[0] for age in
+                                    range(cfg.max_staleness + 1)},
+                                 **{f"tokens{age}": clip_by_staleness.get(age, [0.0, 0])[1] for age in
+                                    range(cfg.max_staleness + 1)}})
+            stats.update({k: sums[k] for k in ("loss", "kl", "clip_fraction", "ratio_mean")})
+            agent_tokens, computed_tokens = sums["agent_tokens"], sums["computed_tokens"]
+            value_stats = [sums["value_loss"], sums["value_clipped"], sums["value_turns"]]
+            clip_by_staleness = {age: [sums[f"clip{age}"], sums[f"tokens{age}"]] for age in range(cfg.max_staleness + 1)
+                                 if sums[f"tokens{age}"]}
+            local = torch.cat(ratios) if ratios else torch.empty(0)
+            extremes = acc.gather(torch.tensor([[-float(local.min()) if len(local) else -float("inf"),
+                                                 float(local.max()) if len(local) else 0.0]], device=acc.device))
+            stats["ratio_min"], stats["ratio_max"] = -float(extremes[:, 0].max()), float(extremes[:, 1].max())
+            padded = acc.pad_across_processes(local.to(acc.device)[None], dim=1, pad_index=float("nan"))
+            everything = acc.gather(padded).flatten().cpu()
+            ratios = [everything[~torch.isnan(everything)]]
         # Skipped tokens have loss and KL exactly 0, so these means are over all agent tokens; the ratio
         # statistics describe the tokens that were computed.
         for key in ("loss", "kl"):
@@ -644,7 +697,7 @@ class Trainer:
         if cfg.max_staleness:   # clip fraction of the tokens of each staleness (0 = fresh)
             stats.update({f"clip_fraction_staleness{age}": clipped / max(tokens, 1)
                           for age, (clipped, tokens) in sorted(clip_by_staleness.items())})
-        stats.update(train_tokens=computed_tokens, skipped_samples=skipped, optimizer_steps=steps, nonfinite_steps=nonfinite,
+        stats.update(train_tokens=local_tokens, skipped_samples=skipped, optimizer_steps=steps, nonfinite_steps=nonfinite,
                      grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else None)
         if self.critic is not None:
             stats.update(value_loss=value_stats[0] / max(value_stats[2], 1),
@@ -1029,7 +1082,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             **group_counts, "train_tokens": stats["train_tokens"], "skipped_samples": stats["skipped_samples"],
             "samples": len(samples), "stale_samples": sum(s.policy_version < iteration - 1 for s in samples),
             "search_samples": sum(s.policy_version == SEARCH_POLICY_VERSION for s in samples),
-            "nonfinite_steps": stats["nonfinite_steps"],
             **step_group_counts(config, episodes),
         }
         totals = _reduce(acc, local)
@@ -1045,7 +1097,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             "invalid_action_rate": totals["invalid_turns"] / max(totals["turns"], 1),
             "zero_advantage_fraction": totals["zero_advantage_episodes"] / n,
             **{k: int(totals[k]) for k in ("groups_drawn", "groups_kept", "groups_dropped", "samples", "stale_samples",
-                                           "search_samples", "skipped_samples", "train_tokens", "nonfinite_steps")},
+                                           "search_samples", "skipped_samples", "train_tokens")},
             "failed_episodes": int(failed), **{k: int(v) for k, v in failures.items() if k != "drawn"},
             **step_group_metrics(totals),
             **{k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()
@@ -1084,7 +1136,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     return run_dir
 
 
-RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "eval_every", "env_step_timeout", "max_failed_fraction",
+RESUMABLE_CHANGES = ("output_dir", "iterations", "checkpoint_every", "eval_every", "env_step_timeout", "max_failed_fraction",
                      "max_nonfinite_steps")   # settings a resumed run may change; any other change is refused
 
 

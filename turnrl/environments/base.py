@@ -4,7 +4,10 @@ A subclass implements `reset`, `step` and `tasks`; everything else has a default
 `snapshot`/`restore` replay the episode (reset with the same task and seed, then the same actions),
 so any deterministic environment supports tree search without extra code. To make that possible the
 base class records, around every subclass's `reset` and `step`, the task, seed, actions taken and the
-last observation. A subclass with cheaper state copying overrides `snapshot`/`restore`.
+last observation. A subclass whose state is a few attributes names them in `state_attributes`: its
+snapshot is then a copy of those attributes (`StateSnapshot`, microseconds) instead of a replay, which is
+what tree search (`turnrl.search`) restores at every node. A subclass with other state (an engine in a
+C library) overrides `snapshot`/`restore` itself, or keeps the replay.
 
 A bad action never raises: it returns an observation that says what was wrong, reward 0 (the rollout
 adds the configured penalty) and `info["invalid"] = True`.
@@ -38,6 +41,29 @@ class ReplaySnapshot:
     task: Any
     seed: Any
     actions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """The snapshot of an environment that declares `state_attributes`: a copy of each of them, and the replay
+    record (so a snapshot taken after a restore still replays). Restorable into any instance of `env_type` built
+    with the same arguments."""
+
+    env_type: type
+    state: tuple[tuple[str, Any], ...]
+    replay: ReplaySnapshot
+    last_observation: Any
+
+
+_ABSENT = object()   # a state attribute the environment had not set yet (restoring it deletes the attribute)
+
+
+def _copied(value):
+    """A copy one container level deep: state attributes are changed by reassignment or in place one level down
+    (a list of lamps, a dict of chosen options), never deeper."""
+    if isinstance(value, list | dict | set | bytearray):
+        return type(value)(value)
+    return value
 
 
 def _record_reset(reset):
@@ -110,6 +136,9 @@ class Environment:
     """
 
     instructions: str = ""
+    # The attributes that hold the whole episode state (beside what the constructor set): when given, `snapshot`
+    # copies them instead of recording a replay. Containers are copied one level deep (see `_copied`).
+    state_attributes: tuple[str, ...] = ()
     compact_instructions: str | None = None
     parses_responses: bool = False
     format_hint: str | None = None
@@ -160,12 +189,31 @@ class Environment:
         return None
 
     def snapshot(self) -> Any:
-        """A value from which `restore` rebuilds the current state. Default: the replay record."""
+        """A value from which `restore` rebuilds the current state: a copy of `state_attributes` where the class
+        declares them (`StateSnapshot`), else the replay record (`ReplaySnapshot`). Later steps never change it."""
         self._require_started()
-        return ReplaySnapshot(self._turnrl_task, self._turnrl_seed, tuple(self._turnrl_actions))
+        replay = ReplaySnapshot(self._turnrl_task, self._turnrl_seed, tuple(self._turnrl_actions))
+        if not self.state_attributes:
+            return replay
+        state = tuple((name, _copied(getattr(self, name, _ABSENT))) for name in self.state_attributes)
+        return StateSnapshot(type(self), state, replay, self._turnrl_last_observation)
 
     def restore(self, snap: Any) -> str:
-        """Return to a state taken with `snapshot`; returns that state's last observation."""
+        """Return to a state taken with `snapshot` (by this instance or another built with the same arguments);
+        returns that state's last observation."""
+        if isinstance(snap, StateSnapshot):
+            if snap.env_type is not type(self):
+                raise TypeError(f"restore(): this snapshot was taken by a {snap.env_type.__name__}, not a "
+                                f"{type(self).__name__}")
+            for name, value in snap.state:
+                if value is _ABSENT:
+                    self.__dict__.pop(name, None)
+                else:
+                    setattr(self, name, _copied(value))
+            self._turnrl_task, self._turnrl_seed = snap.replay.task, snap.replay.seed
+            self._turnrl_actions = list(snap.replay.actions)
+            self._turnrl_last_observation = snap.last_observation
+            return snap.last_observation
         if not isinstance(snap, ReplaySnapshot):
             raise TypeError(f"restore() expects a snapshot taken by this environment, got {type(snap).__name__}")
         observation = self.reset(task=snap.task, seed=snap.seed)

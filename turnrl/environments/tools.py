@@ -258,6 +258,9 @@ class ToolEnvironment(Environment):
     parses_responses = True
     stop_strings = ("</tool>", "</answer>")
     format_hint = FORMAT_HINT
+    # Snapshots copy the episode state (base.py); the tools are not replayed, so restoring is cheap even for slow
+    # tools, but a tool with side effects outside the environment is not undone by a restore.
+    state_attributes = ("_task", "_turn", "_done", "_success", "_history")
 
     def __init__(self, tools: list[Callable], tasks: list[dict], reward: Callable[[dict, str], float], *,
                  test_tasks: list[dict] | None = None, max_turns: int = 8, timeout: float = 10.0,

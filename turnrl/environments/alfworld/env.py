@@ -13,11 +13,24 @@ and goal combinations). `test` is valid_unseen, the split ReAct and Reflexion re
 (`test_split="valid_seen"` selects the other). Task ids name games ("train/<game folder>"); the games have no
 randomness, so a task id alone fixes the episode and `seed` only picks a task when `task` is None.
 
-Actions are matched after collapsing whitespace, lower-casing and dropping a final period, so "Go to
-fridge 1." is the engine's "go to fridge 1". `admissible_actions()` lists the engine's admissible commands
+Actions (`strict_actions`): by default (True) a command must be one of the engine's command strings
+exactly, after stripping whitespace at both ends, as the original TextWorld `PddlEnv.step` matches them:
+"Go to fridge 1." or "go  to fridge 1" answers "Nothing happens." there and here, so a policy trained
+here succeeds only with commands the benchmark accepts. `strict_actions=False` matches after collapsing
+whitespace, lower-casing and dropping a final period ("Go to fridge 1." is "go to fridge 1"), a lenient
+reading for small models that is not the benchmark's. `admissible_actions()` lists the engine's admissible commands
 without `help` (as verl-agent's prompts do; `help` is still accepted). `expert_action()` is the planner's next
 command: the stored plan of a shipped game while the agent follows it, else fast-downward replans from the
 current state (a fraction of a second to a few seconds), only when asked.
+
+After a win: the episode ends (`done`, as the original's gym wrapper reports `done = won`), and any further
+step answers "The episode is over." with reward 0. The TextWorld engine itself keeps accepting commands
+after a win and reports score 1 again on each later step (won stays true), which only matters to a caller
+that ignores `done`; verl-agent stops stepping an environment once it is done, as turnrl does.
+
+Snapshots (tree search) keep the base class's replay: the engine's state lives inside fast-downward's shared
+library, which can apply operators and read its state but has no call to set one, so it cannot be copied. A
+restore is a reset (the game's translation is cached per process) and the recorded commands played again.
 """
 
 from __future__ import annotations
@@ -64,12 +77,17 @@ class ALFWorldEnv(Environment):
     instructions = INSTRUCTIONS
     compact_instructions = COMPACT_INSTRUCTIONS
 
-    def __init__(self, max_steps: int = 50, data_dir: str | None = None, test_split: str = "valid_unseen"):
+    def __init__(self, max_steps: int = 50, data_dir: str | None = None, test_split: str = "valid_unseen",
+                 strict_actions: bool = True):
         if max_steps < 1:
             raise ValueError(f"ALFWorldEnv: max_steps must be >= 1, got {max_steps}")
         if test_split not in ("valid_seen", "valid_unseen"):
             raise ValueError(f"ALFWorldEnv: test_split must be 'valid_seen' or 'valid_unseen', got {test_split!r}")
+        if not isinstance(strict_actions, bool):
+            raise TypeError(f"ALFWorldEnv: strict_actions must be True (the original's exact commands) or False "
+                             f"(lenient matching), got {strict_actions!r}")
         self.max_steps = max_steps
+        self.strict_actions = strict_actions
         self.data_dir = data_dir
         self.test_split = test_split
         self._engine = GameEngine()
@@ -127,17 +145,27 @@ class ALFWorldEnv(Environment):
 
     @staticmethod
     def normalise(action) -> str | None:
-        """The command an action text means (whitespace collapsed, lower case, no final period), or None."""
+        """The command an action text means under lenient matching (whitespace collapsed, lower case, no
+        final period), or None."""
         if not isinstance(action, str) or len(action) > _MAX_ACTION_CHARS:
             return None
         command = " ".join(action.split()).lower().rstrip(".").rstrip()
         return command or None
 
+    def command_of(self, action) -> str | None:
+        """The command the engine is given for an action text: stripped only under `strict_actions` (the
+        original's matching), `normalise`d otherwise; None for text that cannot be a command."""
+        if not self.strict_actions:
+            return self.normalise(action)
+        if not isinstance(action, str) or len(action) > _MAX_ACTION_CHARS:
+            return None
+        return action.strip() or None
+
     def step(self, action: str) -> StepResult:
         self._require_reset("step")
         if self._done:
             return StepResult("The episode is over.", 0.0, True, self._info(invalid=True))
-        command = self.normalise(action)
+        command = self.command_of(action)
         feedback, valid = self._engine.step(command) if command is not None else (NOTHING_HAPPENS, False)
         self._steps += 1
         if valid:

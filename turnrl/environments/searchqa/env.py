@@ -14,7 +14,8 @@ episode ends with reward 0 if there was no answer.
 
 Data: the shipped fictional knowledge base (`knowledge.py`, 5,000 passages; 2,400 train and 600 test
 questions) by default, or a user's `corpus=` JSONL and `questions=` JSONL/parquet (`data.py`, which also
-documents the split rule). `retriever=` replaces the BM25 retriever with any `Retriever`.
+documents the split rule). `retriever=` replaces the BM25 retriever with any `Retriever`, or names one:
+"bm25" (default) or "dense" (`dense.py`, all-MiniLM-L6-v2 over the same corpus).
 
 Expert: searches the titles of the supporting passages one after another (skipping any already shown),
 then answers the first gold answer; on the shipped data it succeeds on every question. For questions
@@ -42,6 +43,15 @@ _YES_NO_START = re.compile(r"^(is|are|was|were|do|does|did|can|has|have|had)\b",
 MAX_CANDIDATES = 12
 
 
+def _dense_retriever(corpus) -> Retriever:
+    from turnrl.environments.searchqa.dense import DenseRetriever  # torch and the model load only when chosen
+
+    return DenseRetriever.shared(corpus)
+
+
+RETRIEVERS = {"bm25": BM25Retriever.shared, "dense": _dense_retriever}  # retriever="dense" selects by name
+
+
 def format_information(passages: list[Passage]) -> str:
     """Search-R1's rendering of retrieved passages."""
     if not passages:
@@ -56,11 +66,18 @@ class SearchQAEnv(Environment):
     parses_responses = True
     stop_strings = ("</search>", "</answer>")
     format_hint = FORMAT_HINT
+    # Snapshots copy the episode state (base.py) instead of replaying the searches.
+    state_attributes = ("_question", "_turn", "_done", "_success", "_searched", "_seen_titles", "_last_passages")
 
     def __init__(self, corpus: str | os.PathLike | None = None, questions: str | os.PathLike | None = None,
-                 retriever: Retriever | None = None, top_k: int = 3, max_turns: int = 4):
+                 retriever: Retriever | str | None = None, top_k: int = 3, max_turns: int = 4):
         if top_k < 1 or max_turns < 1:
             raise ValueError(f"SearchQAEnv: top_k and max_turns must be >= 1, got {top_k} and {max_turns}")
+        retriever_name = "bm25"
+        if isinstance(retriever, str):  # a retriever by name, over the corpus (shipped or corpus=)
+            if retriever not in RETRIEVERS:
+                raise ValueError(f"SearchQAEnv: unknown retriever {retriever!r}; valid: {', '.join(RETRIEVERS)}")
+            retriever_name, retriever = retriever, None
         if corpus is not None and retriever is not None:
             raise ValueError("SearchQAEnv: pass corpus= (indexed with BM25) or retriever=, not both")
         if corpus is not None and questions is None:
@@ -71,7 +88,7 @@ class SearchQAEnv(Environment):
             shipped_corpus, shipped_questions = shipped_paths()
             corpus = shipped_corpus if retriever is None else None
             questions = shipped_questions if questions is None else questions
-        self.retriever = retriever or BM25Retriever.shared(corpus)
+        self.retriever = retriever or RETRIEVERS[retriever_name](corpus)
         self.questions: list[Question] = load_questions(questions)
         self.top_k, self.max_turns = top_k, max_turns
         self._splits: dict[str, list[int]] = {}

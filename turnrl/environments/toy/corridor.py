@@ -27,6 +27,7 @@ class CorridorEnv(Environment):
 
     instructions = ("You walk down a corridor of doors. A red lamp means `push`, a yellow lamp `knock`, a green "
                     "lamp `pull`. A wrong move sends you back to the first door.")
+    state_attributes = ("_lamps", "_door", "_steps", "_done")  # snapshot by copy (base.py)
 
     def __init__(self, n_doors: int = 4, max_steps: int = 8, n_train: int = 200, n_test: int = 100):
         if n_doors < 1 or max_steps < n_doors or n_train < 1 or n_test < 1:

@@ -29,6 +29,7 @@ class GuessNumberEnv(Environment):
         "Find the hidden number. Each turn reply with `guess N`; the answer says whether N is too low, "
         "too high or correct."
     )
+    state_attributes = ("_target", "_lo", "_hi", "_turn", "_done", "_won")  # snapshot by copy (base.py)
 
     def __init__(
         self, low: int = 1, high: int = 16, max_turns: int = 6, n_train: int = 200, n_test: int = 100

@@ -26,6 +26,7 @@ class LightsEnv(Environment):
     """
 
     instructions = "Lamps are on or off. Reply with `toggle N` to flip lamp N. Turn every lamp on."
+    state_attributes = ("_on", "_turn", "_done", "_won")  # snapshot by copy (base.py)
 
     def __init__(self, n_lamps: int = 4, max_turns: int = 6, n_train: int = 200, n_test: int = 100):
         if n_lamps < 1:

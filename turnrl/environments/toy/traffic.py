@@ -23,6 +23,7 @@ class TrafficEnv(Environment):
     """`n_steps` lights in a row; every step (invalid ones included) uses one turn."""
 
     instructions = "Each turn a traffic light is shown. Reply `stop` for red, `wait` for yellow, `go` for green."
+    state_attributes = ("_lights", "_turn", "_correct")  # snapshot by copy (base.py)
 
     def __init__(self, n_steps: int = 4, n_train: int = 200, n_test: int = 100):
         if n_steps < 1 or n_train < 1 or n_test < 1:

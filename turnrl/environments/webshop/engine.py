@@ -18,7 +18,8 @@ Pages and actions follow the original `WebAgentTextEnv` in its `text` observatio
 search bar is shown or a click on something not on the page changes nothing: the observation says
 why, then repeats the page; reward 0, `info["invalid"] = True`. The episode also ends (reward 0) after
 `max_steps` steps, every step counted (verl-agent's GiGPO WebShop runs use 15). `info` always holds
-`success` (reward == 1.0, verl-agent's success), `invalid` and `score` (the reward at Buy Now, else 0).
+`success` (reward == 1.0, verl-agent's success), `invalid`, `score` (the reward at Buy Now, else 0) and
+`title_nouns` (which title-noun mode the reward uses: "spacy" or "heuristic", see `reward.NOUN_MODES`).
 
 Differences from the original, for compact prompts to small models: an item page marks the chosen
 value of each option group "(selected)" (the original's `text` mode does not show it; its
@@ -111,6 +112,9 @@ class WebShopEnv(Environment):
         max_steps: steps (invalid ones included) before the episode ends unpaid.
         max_title_chars, max_text_chars: where result titles and description/feature pages are cut.
         progress: show a progress bar while a search index is built.
+        title_nouns: how the type reward finds title nouns: "auto" (default: spaCy's tagger, exactly as the
+            original, when the `turnrl[webshop-spacy]` extra is installed, else the heuristic), "spacy" (an
+            error without the extra) or "heuristic". The active one is `noun_mode` and `info["title_nouns"]`.
     """
 
     instructions = (
@@ -120,15 +124,25 @@ class WebShopEnv(Environment):
         "a product id from the results, an option value, or a button (next >, < prev, back to search, "
         "description, features, reviews, buy now). Click each option the instruction names before buy now."
     )
+    # Snapshots copy the page state (base.py): products, goals and the search index are shared and never change.
+    state_attributes = ("goal", "page", "query", "hits", "page_number", "asin", "options", "steps", "done", "score",
+                        "success", "breakdown")
 
     def __init__(self, data_dir: str | None = None, use_small: bool | None = None, human_goals: bool = True,
-                 max_steps: int = 15, max_title_chars: int = 100, max_text_chars: int = 800, progress: bool = True):
+                 max_steps: int = 15, max_title_chars: int = 100, max_text_chars: int = 800, progress: bool = True,
+                 title_nouns: str = "auto"):
         if max_steps < 1:
             raise ValueError(f"WebShopEnv: max_steps must be >= 1, got {max_steps}")
+        self._noun_mode = reward.resolve_noun_mode(title_nouns)
         self.shared = shared_data(data_dir, use_small=use_small, human_goals=human_goals, progress=progress)
         self.products = self.shared.data.products
         self.max_steps, self.max_title_chars, self.max_text_chars = max_steps, max_title_chars, max_text_chars
         self.goal: data.Goal | None = None
+
+    @property
+    def noun_mode(self) -> str:
+        """The active title-noun mode of the type reward: "spacy" (the original's tagger) or "heuristic"."""
+        return self._noun_mode
 
     # --- the contract ----------------------------------------------------------------------------------
 
@@ -312,7 +326,7 @@ class WebShopEnv(Environment):
             product_attributes=product.attributes, title=product.title, bullets=product.bullets,
             description=product.description, product_query=product.query,
             product_category_path=product.product_category, price=product.price,
-            chosen_options=list(self.options.values()),
+            chosen_options=list(self.options.values()), noun_mode=self._noun_mode,
         )
         self.page, self.score = "done", self.breakdown.reward
         self.success = self.score == 1.0
@@ -333,7 +347,7 @@ class WebShopEnv(Environment):
         return chosen
 
     def _info(self, invalid: bool) -> dict:
-        return {"success": self.success, "invalid": invalid, "score": self.score}
+        return {"success": self.success, "invalid": invalid, "score": self.score, "title_nouns": self._noun_mode}
 
     def page_observation(self) -> str:
         """The current page in the original's `[SEP]` text."""

