@@ -382,7 +382,7 @@ def test_unknown_env_without_module_names_the_flag(tmp_path, no_model_loading):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["grpo", "gigpo", "hgpo", "ppo", "turn-ppo", "s-ppo", "st-ppo"])
+@pytest.mark.parametrize("preset", ["grpo", "gigpo", "hgpo", "ppo", "turn-ppo", "s-ppo", "st-ppo", "alp"])
 def test_train_each_preset_on_the_corridor(tmp_path, preset):
     run_dir = tmp_path / preset
     run("train", "--env", "corridor", "--model", "tiny", "--algorithm", preset, "--iterations", "1",
@@ -392,6 +392,10 @@ def test_train_each_preset_on_the_corridor(tmp_path, preset):
     [row] = metrics_of(run_dir)
     assert METRIC_KEYS <= set(row)
     assert_logprobs_agree(row)
+    if preset == "alp":   # Seq-ALP: GRPO advantages, the sequence ratio, σ per layer logged and saved
+        assert (config["advantage"], config["ratio_level"], config["perturbation"]) == ("grpo", "sequence", "alp")
+        assert len(row["sigma_per_layer"]) == 2 and (run_dir / "final" / "alp_sigma.pt").exists()
+        return
     if preset.endswith("ppo"):   # the ST-PPO family: a turn-level critic with GAE, the preset's ratio and norm
         assert (config["advantage"], config["critic"]) == ("gae", "head")
         assert config["ratio_level"] == ("turn" if preset.startswith(("turn", "st")) else "token")

@@ -203,7 +203,7 @@ def test_presets_fill_their_advantage_and_context():
     assert (gigpo.gamma, gigpo.step_advantage_weight, gigpo.advantage_norm) == (0.95, 1.0, "mean_std")
     assert (hgpo.advantage, hgpo.context, hgpo.history_length) == ("hgpo", "window:2", 2)
     assert (hgpo.hgpo_alpha, hgpo.hgpo_base_group, hgpo.step_advantage_weight) == (1.0, False, None)
-    assert set(ALGORITHMS) == {"grpo", "gigpo", "hgpo", "ppo", "turn-ppo", "s-ppo", "st-ppo"}
+    assert set(ALGORITHMS) == {"grpo", "gigpo", "hgpo", "ppo", "turn-ppo", "s-ppo", "st-ppo", "alp"}
     # a resolved config resolves to itself (what config.yaml of a run holds loads back unchanged)
     for name in ALGORITHMS:
         config = load_config(overrides={"algorithm": name})
@@ -248,7 +248,13 @@ def test_advantage_overrides_the_presets_estimator():
         "advantage": "hgpo", "hgpo_base_group": True}
 
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if "agentq" not in p.name)
+
+
+def test_the_agentq_config_loads():   # `turnrl agentq`'s own config (tests/test_agentq.py runs the loop)
+    from turnrl.algorithms.dpo import load_agentq_config
+
+    assert load_agentq_config(Path(__file__).parent.parent / "configs" / "webshop_agentq.yaml").env == "webshop"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -226,3 +226,22 @@ class LayerwiseNoise(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+class NoNoise:
+    """perturbation: none. The same interface as `LayerwiseNoise`, doing nothing: `active()` is a null context."""
+
+    layer_indices: tuple[int, ...] = ()
+
+    @contextlib.contextmanager
+    def active(self, step: int = 0, micro_batch: int = 0) -> Iterator[NoNoise]:
+        yield self
+
+    def parameters(self) -> list:
+        return []
+
+    def sigmas(self) -> list[float]:
+        return []
+
+
+NO_NOISE = NoNoise()

@@ -28,7 +28,12 @@ PRESETS = {
     "turn-ppo": {"advantage": "gae", "ratio_level": "turn", "clip_bias_norm": False},
     "s-ppo": {"advantage": "gae", "ratio_level": "token", "clip_bias_norm": True},
     "st-ppo": {"advantage": "gae", "ratio_level": "turn", "clip_bias_norm": True},
+    # ALP paper (research notes §2): Seq-ALP with GRPO advantages, the dual-clip window [0.5, 4.0] and c = 3
+    "alp": {"advantage": "grpo", "ratio_level": "sequence", "perturbation": "alp", "clip_eps": 0.5,
+            "clip_eps_high": 3.0, "dual_clip": 3.0},
 }
+ALP_SETTINGS = {   # perturbation alp: defaults (alp.ALP_DEFAULTS has the sources)
+    "alp_sigma": 1e-3, "alp_sigma_learning_rate": 1e-2, "alp_learnable": True, "alp_regulariser": False}
 ALGORITHMS = tuple(PRESETS)
 ADVANTAGES = ("grpo", "rloo", "gigpo", "hgpo", "gae")
 CRITICS = ("head", "model")
@@ -122,7 +127,8 @@ class TrainConfig:
     loss_aggregation: str = _f(
         "episode", "episode: mean over each episode's agent tokens, then over episodes (GRPO's 1/|o| weighting); "
         "token: mean over all agent tokens of the minibatch (DAPO)", choices=("episode", "token"))
-    clip_eps: float = _f(0.2, "PPO clip range epsilon (the lower side, 1 - eps, when clip_eps_high is set)")
+    clip_eps: float | None = _f(None, "PPO clip range epsilon (the lower side, 1 - eps, when clip_eps_high is set) "
+                                      "(default 0.2; 0.5 for alp)")
     clip_eps_high: float | None = _f(None, "upper clip range, 1 + eps_high (DAPO's clip-higher; default clip_eps)")
     dual_clip: float | None = _f(None, "dual-clip constant c > 1: for negative advantages the objective is bounded "
                                        "below by c * A (default off)")
@@ -138,6 +144,17 @@ class TrainConfig:
                                            "advantage gae (one best episode per task forms no group)")
     search_episodes_per_iteration: int | None = _f(None, "search_episodes: how many join each iteration, dealt in "
                                                          "order and cycled (default tasks_per_iteration)")
+    perturbation: str | None = _f(None, "alp: learnable Gaussian noise on every decoder layer's input during the "
+                                        "update, the perturbed policy the ratio's numerator (ALP); none (default; "
+                                        "alp for the alp preset)", choices=("none", "alp"))
+    alp_sigma: float | None = _f(None, "alp: initial sigma of each layer's noise (default 1e-3; the authors' 1e-8 "
+                                       "is below float32 resolution of the hidden states, so it starts as no noise)")
+    alp_sigma_learning_rate: float | None = _f(None, "alp: learning rate of log sigma (default 1e-2, the authors')")
+    alp_learnable: bool | None = _f(None, "alp: sigma trained (default true) or fixed")
+    alp_layers: list | None = _f(None, "alp: decoder layer indices to perturb (default all: all beat partial ranges "
+                                       "in the paper)")
+    alp_regulariser: bool | None = _f(None, "alp: add the sigma regulariser 1e-3 sigma^2 - 1e-3 log sigma^2 (the "
+                                            "authors' code default; default false)")
     ratio_level: str | None = _f(None, "importance ratio: token (PPO), turn (ST-PPO/Turn-PPO: geometric mean of the "
                                        "token ratios of each turn) or sequence (GSPO: of each sample's agent tokens) "
                                        "(default: the preset's; token for grpo, gigpo, hgpo)",
@@ -178,6 +195,20 @@ class TrainConfig:
         if self.advantage not in ADVANTAGES:
             raise ConfigError(f"advantage: {self.advantage!r} is not one of {', '.join(ADVANTAGES)}")
         self.ratio_level = self.ratio_level or preset.get("ratio_level", "token")
+        self.perturbation = self.perturbation or preset.get("perturbation", "none")
+        for name, default in (("clip_eps", 0.2), ("clip_eps_high", None), ("dual_clip", None)):
+            if getattr(self, name) is None:
+                setattr(self, name, preset.get(name, default))
+        for name, default in ALP_SETTINGS.items():
+            if self.perturbation != "alp" and getattr(self, name) is not None:
+                raise ConfigError(f"{name} applies with perturbation: alp only")
+            if self.perturbation == "alp" and getattr(self, name) is None:
+                setattr(self, name, default)
+        if self.perturbation != "alp" and self.alp_layers is not None:
+            raise ConfigError("alp_layers applies with perturbation: alp only")
+        if self.alp_layers is not None and (not isinstance(self.alp_layers, list) or not self.alp_layers or any(
+                isinstance(i, bool) or not isinstance(i, int) for i in self.alp_layers)):
+            raise ConfigError(f"alp_layers must be a non-empty list of layer indices, got {self.alp_layers!r}")
         if self.clip_bias_norm is None:
             self.clip_bias_norm = preset.get("clip_bias_norm", False)
         step_level = self.advantage in STEP_ADVANTAGES
@@ -307,6 +338,8 @@ class TrainConfig:
                 raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
             if self.vf_coef < 0 or self.value_clip <= 0 or self.critic_learning_rate <= 0:
                 raise ConfigError("vf_coef must be >= 0, value_clip and critic_learning_rate > 0")
+        if self.perturbation == "alp" and (self.alp_sigma <= 0 or self.alp_sigma_learning_rate <= 0):
+            raise ConfigError("alp_sigma and alp_sigma_learning_rate must be > 0")
         if self.kl_coef < 0 or self.learning_rate <= 0:
             raise ConfigError("kl_coef must be >= 0 and learning_rate > 0")
         return self
@@ -330,7 +363,7 @@ def _coerce(name: str, value: Any) -> Any:
         if "None" in kind:
             return None
         raise ConfigError(f"{name} may not be empty")
-    expected = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}
+    expected = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}
     base = kind.split("|")[0].strip()
     want = expected.get(base)
     if want is float and isinstance(value, int) and not isinstance(value, bool):

@@ -38,6 +38,7 @@ from turnrl.algorithms.advantages import (
     hgpo_level_stats,
     rloo_advantages,
 )
+from turnrl.algorithms.alp import NO_NOISE, LayerwiseNoise, clamp_log_ratio, sequence_token_log_ratio
 from turnrl.algorithms.config import TrainConfig
 from turnrl.algorithms.critic import Critic, clipped_value_loss, episode_gae, turn_starts
 from turnrl.algorithms.objectives import RATIO_LEVELS, clip_bias_loss, clip_bias_scale, kl_k3, ppo_clip_loss
@@ -124,6 +125,14 @@ def ratio_tail(ratios: torch.Tensor) -> dict[str, float]:
     abs_log = torch.quantile(w.log().abs(), 0.99)
     ess = float(w.sum() ** 2 / (len(w) * (w ** 2).sum()))
     return dict(zip(RATIO_TAIL_KEYS, [float(v) for v in q] + [float(abs_log), ess]))
+
+
+def alp_log_ratio(level: str):
+    """ALP's log ratio of the perturbed policy over the behaviour policy, clamped against overflow: at sequence
+    level its value comes from the sequence and its gradient token-wise (Seq-ALP); token and turn as elsewhere."""
+    if level == "sequence":
+        return lambda log_ratio, turn_index, mask: sequence_token_log_ratio(clamp_log_ratio(log_ratio), mask)
+    return lambda log_ratio, turn_index, mask: RATIO_LEVELS[level](clamp_log_ratio(log_ratio), turn_index, mask)
 
 
 def _turn_count(sample: Sample) -> int:
@@ -274,7 +283,14 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         # advantage gae: a turn-level critic (value head on the policy's trunk, or a separate value model)
         self.critic = Critic(config.critic, model) if config.advantage == "gae" else None
+        # perturbation alp: noise hooks on every (selected) decoder layer, active only in the update's forward
+        self.noise = LayerwiseNoise(model, sigma=config.alp_sigma, learnable=config.alp_learnable,
+                                    layers=config.alp_layers, seed=config.seed) \
+            if config.perturbation == "alp" else NO_NOISE
         groups = [{"params": params}]
+        if list(self.noise.parameters()):
+            groups.append({"params": list(self.noise.parameters()), "lr": config.alp_sigma_learning_rate,
+                           "weight_decay": 0.0})
         if self.critic is not None:
             self.critic.to(self.accelerator.device)
             groups.append({"params": list(self.critic.parameters()), "lr": config.critic_learning_rate})
@@ -292,7 +308,8 @@ class Trainer:
         self.failures: dict[str, int] = {}   # failed episodes by cause (reset, step, malformed, timeout), this iteration
         self.nonfinite_in_a_row = 0    # optimizer steps skipped in a row for a NaN or infinite loss or gradient
         self.replay = ReplayBuffer(config.max_staleness)   # rollouts of earlier iterations trained on again
-        self.log_ratio = RATIO_LEVELS[config.ratio_level]   # token, turn (ST-PPO) or sequence (GSPO) ratios
+        self.log_ratio = alp_log_ratio(config.ratio_level) if config.perturbation == "alp" else \
+            RATIO_LEVELS[config.ratio_level]   # token, turn (ST-PPO) or sequence (GSPO) ratios
         self.clip_bias = (ClipBiasNormaliser([p for p in self.model.parameters() if p.requires_grad],
                                              config.clip_bias_tau, self.accelerator)
                           if config.clip_bias_norm else NoClipBias())
@@ -426,7 +443,7 @@ class Trainer:
         different numbers of micro-batches (or none: a process without samples contributes zeros)."""
         if self.accelerator.num_processes == 1:
             return
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.model.parameters() if p.requires_grad] + list(self.noise.parameters())
         if self.critic is not None:
             params += list(self.critic.parameters())
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
@@ -584,11 +601,12 @@ class Trainer:
                         shared_trunk = self.critic is not None and self.critic.needs_policy_hidden
                         # the unwrapped model: gradients are averaged over processes once per step (sync_gradients),
                         # not by DDP's hooks, so processes may run different numbers of micro-batches
-                        new, hidden = token_logprobs(self.policy.model, batch.input_ids, batch.attention_mask,
-                                                     self.policy.logprob_temperature, return_hidden=True) \
-                            if shared_trunk else (token_logprobs(self.policy.model, batch.input_ids,
-                                                                 batch.attention_mask,
-                                                                 self.policy.logprob_temperature), None)
+                        with self.noise.active(step=iteration * 1_000_003 + epoch * 1_009 + k, micro_batch=index):
+                            new, hidden = token_logprobs(self.policy.model, batch.input_ids, batch.attention_mask,
+                                                         self.policy.logprob_temperature, return_hidden=True) \
+                                if shared_trunk else (token_logprobs(self.policy.model, batch.input_ids,
+                                                                     batch.attention_mask,
+                                                                     self.policy.logprob_temperature), None)
                         ratio = torch.exp(self.log_ratio(new - batch.behaviour, batch.turn_index, mask))
                         loss_tokens, clipped = ppo_clip_loss(ratio, batch.advantages, cfg.clip_eps, cfg.clip_eps_high,
                                                              cfg.dual_clip)
@@ -610,6 +628,8 @@ class Trainer:
                                                   unscaled_loss=value_loss if shared_trunk else None)
                         if value_loss is not None:
                             loss = loss + value_loss
+                        if cfg.alp_regulariser and index == 0:   # once per optimizer step
+                            loss = loss + self.noise.regulariser()
                         minibatch_loss += float(loss.detach())
                         if cfg.kl_coef > 0:
                             kl = kl_k3(new, self.reference_logprobs(batch))
@@ -620,7 +640,10 @@ class Trainer:
                             on = mask.bool()
                             fresh = on & (batch.policy_version == iteration - 1)[:, None]
                             if first_update and fresh.any():   # nothing updated yet: fresh samples must agree
-                                diff = float((new - batch.behaviour).abs()[fresh].max())
+                                clean = new if self.noise is NO_NOISE else token_logprobs(   # unperturbed
+                                    self.policy.model, batch.input_ids, batch.attention_mask,
+                                    self.policy.logprob_temperature)
+                                diff = float((clean - batch.behaviour).abs()[fresh].max())
                                 stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"] or 0.0, diff)
                             if cfg.max_staleness:   # clipped and all tokens by staleness (0 = fresh; not search)
                                 staleness = (iteration - 1 - batch.policy_version)[:, None].expand_as(on)[on]
@@ -702,6 +725,10 @@ class Trainer:
         if self.critic is not None:
             stats.update(value_loss=value_stats[0] / max(value_stats[2], 1),
                          value_clip_fraction=value_stats[1] / max(value_stats[2], 1))
+        if self.noise is not NO_NOISE:   # ALP's σ per layer after the update
+            sigmas = self.noise.sigmas()
+            stats.update(alp_sigma_mean=sum(sigmas) / len(sigmas), alp_sigma_min=min(sigmas),
+                         alp_sigma_max=max(sigmas), sigma_per_layer=[round(x, 8) for x in sigmas])
         if self.config.clip_bias_norm:   # ‖C(θ)‖ of each optimizer step: its mean and largest value
             stats.update(clip_bias_norm_mean=sum(clip_bias_norms) / max(len(clip_bias_norms), 1),
                          clip_bias_norm_max=max(clip_bias_norms, default=0.0))
@@ -768,6 +795,7 @@ class Trainer:
         save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, tmp / "model", self.config.model)
         torch.save({"iteration": iteration, "optimizer": self.optimizer.state_dict(),
                     "critic": None if self.critic is None else self.critic.state_dict(),
+                    "noise": None if self.noise is NO_NOISE else self.noise.state_dict(),
                     "replay": self.replay.episodes, "rng": _rng_states()}, tmp / "trainer_state.pt")
         write_manifest(tmp)   # sizes and hashes, fsync'd: a partial or corrupt checkpoint is recognised on load
         shutil.rmtree(folder, ignore_errors=True)
@@ -798,6 +826,10 @@ class Trainer:
             if state.get("critic") is None:
                 raise RuntimeError(f"checkpoint {latest} holds no critic, but this config trains one (advantage gae)")
             self.critic.load_state_dict(state["critic"])
+        if self.noise is not NO_NOISE:
+            if state.get("noise") is None:
+                raise RuntimeError(f"checkpoint {latest} holds no ALP sigma, but this config perturbs (alp)")
+            self.noise.load_state_dict(state["noise"])
         self.replay.episodes = list(state.get("replay") or [])
         if state.get("rng"):
             _set_rng_states(state["rng"])
@@ -1130,6 +1162,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         save_model(acc.unwrap_model(trainer.model), trainer.tokenizer, run_dir / "final", config.model)
         if trainer.critic is not None:   # the value head or value model, beside the policy
             torch.save(trainer.critic.state_dict(), run_dir / "final" / "critic.pt")
+        if trainer.noise is not NO_NOISE:   # ALP's σ per layer, beside the model or adapter
+            torch.save(trainer.noise.state_dict(), run_dir / "final" / "alp_sigma.pt")
         write_curves(metrics_file, run_dir / "curves.png", evals)
         if evals and trainer.progress:
             print_eval_table(evals)
