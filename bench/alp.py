@@ -1,6 +1,16 @@
-"""ALP's cost: an update's forward + backward with the layerwise noise on against the same step without it.
+"""ALP's cost, and ALP against the plain ratios in training.
 
     python bench/alp.py [--batch 2] [--length 256] [--repeats 5] [--device cpu] [--threads 1]
+    python bench/alp.py --training [--seeds 3] [--stalenesses 0,4] [--plot docs/alp.png]
+
+Training (`--training`): GRPO with the token ratio, GRPO with the sequence ratio (GSPO), Token-ALP and Seq-ALP
+(preset alp) at equal rollout budget, `max_staleness` 0 and 4, on the `traffic` toy environment in full context
+with `tiny` after bench/stppo.py's warm start; a small KL term (0.01) so that KL is measured. Per run: the
+return, the p99 of |log ratio| (its growth over training), KL, σ per layer. The ALP runs use the preset's
+window [0.5, 4.0] and dual clip 3 (the authors'), the GRPO runs PPO's 0.2, as each method is published. The last
+line printed is a JSON object {"runs": ..., "summary": ...}.
+
+Cost (default):
 
 For `tiny` and for a random model of SmolLM2-135M's shape (a LlamaConfig: hidden 576, 30 layers, 9 heads,
 3 KV heads, intermediate 1536, vocab 49152; no weights needed), on one batch of random token ids: the
@@ -18,6 +28,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -80,8 +91,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument("--training", action="store_true", help="the training comparison instead of the cost")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--stalenesses", default="0,4")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--plot", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.training:
+        result = training(args)
+        print(json.dumps(result))
+        return result
 
     from turnrl.agents.models import load_model
 
@@ -93,6 +114,94 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(result))
     return result
+
+
+VARIANTS = {   # name -> config overrides
+    "grpo-token": {"algorithm": "grpo", "ratio_level": "token"},
+    "grpo-seq": {"algorithm": "grpo", "ratio_level": "sequence"},
+    "token-alp": {"algorithm": "alp", "ratio_level": "token"},
+    "seq-alp": {"algorithm": "alp"},
+}
+
+
+def training(args) -> dict:
+    import tempfile
+
+    from turnrl.algorithms.config import load_config
+    from turnrl.algorithms.trainer import train
+
+    work = Path(args.output_dir or tempfile.mkdtemp(prefix="turnrl-alp-"))
+    runs = {}
+    for seed in range(args.seeds):
+        for staleness in [int(x) for x in args.stalenesses.split(",")]:
+            for name, overrides in VARIANTS.items():
+                run = f"{name}-stale{staleness}-seed{seed}"
+                t0 = time.perf_counter()
+                config = load_config(None, {
+                    "env": "traffic", "env_kwargs": {"n_steps": 4}, "model": "tiny", "context": "full",
+                    "max_turns": 4, "max_new_tokens": 16, "iterations": args.iterations, "tasks_per_iteration": 8,
+                    "group_size": 4, "epochs": 2, "minibatch_size": 8, "micro_batch_size": 8, "learning_rate": 1e-3,
+                    "kl_coef": 0.01, "max_staleness": staleness, "warm_start_episodes": 160, "warm_start_epochs": 3.0,
+                    "warm_start_learning_rate": 3e-3, "warm_start_batch_size": 8, "checkpoint_every": 0,
+                    "seed": seed, "output_dir": str(work / run), **overrides})
+                rows = [json.loads(line) for line in (train(config, progress=False) / "metrics.jsonl")
+                        .read_text().splitlines()]
+                series = {k: [row.get(k) for row in rows] for k in
+                          ("mean_return", "abs_log_ratio_p99", "kl", "clip_fraction", "alp_sigma_mean",
+                           "sigma_per_layer")}
+                runs[run] = {"variant": name, "max_staleness": staleness, "seed": seed, "series": series,
+                             "final_return": sum(series["mean_return"][-3:]) / 3,
+                             "seconds": round(time.perf_counter() - t0, 1)}
+                print(f"{run}: final return {runs[run]['final_return']:.3f} ({runs[run]['seconds']}s)",
+                      file=sys.stderr, flush=True)
+    summary = {}
+    for name in VARIANTS:
+        for staleness in [int(x) for x in args.stalenesses.split(",")]:
+            group = [r for r in runs.values() if r["variant"] == name and r["max_staleness"] == staleness]
+            tails = [r["series"]["abs_log_ratio_p99"] for r in group]
+            kls = [v for r in group for v in r["series"]["kl"] if v is not None]
+            summary[f"{name}-stale{staleness}"] = {
+                "final_return_mean": round(sum(r["final_return"] for r in group) / len(group), 4),
+                "abs_log_ratio_p99_first": round(sum(t[0] for t in tails) / len(tails), 4),
+                "abs_log_ratio_p99_last": round(sum(t[-1] for t in tails) / len(tails), 4),
+                "kl_max": round(max(kls, default=0.0), 4),
+                "sigma_mean_last": None if group[0]["series"]["alp_sigma_mean"][-1] is None else
+                round(sum(r["series"]["alp_sigma_mean"][-1] for r in group) / len(group), 6),
+            }
+    if args.plot:
+        plot(runs, Path(args.plot))
+    return {"runs": runs, "summary": summary}
+
+
+def plot(runs: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("mean_return", "abs_log_ratio_p99", "kl", "alp_sigma_mean")
+    stalenesses = sorted({r["max_staleness"] for r in runs.values()})
+    fig, axes = plt.subplots(len(stalenesses), len(keys), figsize=(4 * len(keys), 3.2 * len(stalenesses)),
+                             squeeze=False)
+    colours = dict(zip(VARIANTS, ("#c44e52", "#dd8452", "#4c72b0", "#55a868")))
+    for row, staleness in enumerate(stalenesses):
+        for col, key in enumerate(keys):
+            ax = axes[row][col]
+            for name in VARIANTS:
+                series = [r["series"][key] for r in runs.values() if r["variant"] == name
+                          and r["max_staleness"] == staleness]
+                for i, values in enumerate(series):
+                    ax.plot(range(1, len(values) + 1), [float("nan") if v is None else v for v in values],
+                            color=colours[name], alpha=0.8, label=name if i == 0 else None)
+            ax.set_title(f"{key} (max_staleness {staleness})", fontsize=9)
+            ax.set_xlabel("iteration")
+            if key == "alp_sigma_mean":
+                ax.set_yscale("log")
+            if row == 0 and col == 0:
+                ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

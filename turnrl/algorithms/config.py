@@ -35,6 +35,8 @@ PRESETS = {
 ALP_SETTINGS = {   # perturbation alp: defaults (alp.ALP_DEFAULTS has the sources)
     "alp_sigma": 1e-3, "alp_sigma_learning_rate": 1e-2, "alp_learnable": True, "alp_regulariser": False}
 ALGORITHMS = tuple(PRESETS)
+PPO_FAMILY = ("ppo", "turn-ppo", "s-ppo", "st-ppo")   # their ratio level and clip-bias setting define them
+# (alp's ratio level is a default: ratio_level token gives Token-ALP)
 ADVANTAGES = ("grpo", "rloo", "gigpo", "hgpo", "gae")
 CRITICS = ("head", "model")
 CRITIC_DEFAULTS = {   # Search-R1's PPO defaults (research notes §1.5, marked there as inferred), TRL's value clip
@@ -185,7 +187,7 @@ class TrainConfig:
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"algorithm: {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
         preset = PRESETS[self.algorithm]
-        for name in ("ratio_level", "clip_bias_norm"):
+        for name in ("ratio_level", "clip_bias_norm") if self.algorithm in PPO_FAMILY else ():
             if name in preset and getattr(self, name) is not None and getattr(self, name) != preset[name]:
                 wanted = {k: getattr(self, k) if k == name else v for k, v in preset.items() if k != "advantage"}
                 other = [a for a, p in PRESETS.items() if all(p.get(k) == v for k, v in wanted.items())]
