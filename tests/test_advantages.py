@@ -211,9 +211,13 @@ def test_summarize():
         "mean_turns": pytest.approx(2.0),
         "invalid_action_rate": pytest.approx(2 / 6),
         "episodes": 3,
+        "failed_episodes": 0,
     }
     assert summarize([]) == {"success_rate": 0.0, "mean_score": 0.0, "mean_return": 0.0, "mean_turns": 0.0,
-                             "invalid_action_rate": 0.0, "episodes": 0}
+                             "invalid_action_rate": 0.0, "episodes": 0, "failed_episodes": 0}
+    failed = make_episode([make_turn(0.0)])
+    failed.stop_reason, failed.error = "failed", "step: KeyError: 'x'"
+    assert summarize([failed])["failed_episodes"] == 1 and failed.failure_cause == "step"
 
 
 def test_episode_properties_and_json():
