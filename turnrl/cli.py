@@ -54,6 +54,20 @@ def _check_env(env: str, split: str | None = None, env_kwargs: dict | None = Non
     return instance
 
 
+def _check_model(name: str | None) -> None:
+    """A missing model folder or an unreachable hub fails at once, before any other work."""
+    if name is None:
+        return
+    from turnrl.agents.models import MODEL_ALIASES, ModelNotFoundError, check_model_name
+
+    if name in MODEL_ALIASES:
+        return
+    try:
+        check_model_name(name)
+    except ModelNotFoundError as err:
+        _fail(str(err))
+
+
 def _check_writable(folder: Path) -> None:
     """Fail before any work when outputs cannot be written under `folder` (created if missing)."""
     from turnrl.outputs import check_writable
@@ -99,6 +113,7 @@ def doctor(
     dtype: str = typer.Option("float32"),
 ) -> None:
     """Check a model: chat template prefix preservation and log-prob agreement (exit 1 if > 1e-4 in float32)."""
+    _check_model(model)
     _load_env_module(env_module)
     kwargs = _parse_json(env_kwargs, "--env-kwargs")
     _check_env(env, env_kwargs=kwargs)
@@ -144,6 +159,7 @@ def train(
     except (ConfigError, FileNotFoundError) as err:
         _fail(str(err))
     _load_env_module(cfg.env_module)
+    _check_model(cfg.model)
     _check_env(cfg.env, cfg.split, cfg.env_kwargs)
     if cfg.eval_episodes:
         _check_env(cfg.env, cfg.eval_split, cfg.env_kwargs)
@@ -185,6 +201,7 @@ def eval_command(
     instance = _check_env(env, split, kwargs)
     if (model is None) == (policy is None):
         _fail("give exactly one of --model M or --policy expert|random")
+    _check_model(model)
     if policy is not None and policy not in ("expert", "random"):
         _fail(f"--policy must be one of: expert, random (got {policy!r})")
     if search and policy is not None:
@@ -271,6 +288,7 @@ def sft(
     prompt_style: str = typer.Option("compact", help="compact or verl-agent (match the training run)"),
 ) -> None:
     """Behaviour cloning on expert episodes (TRL SFTTrainer, agent turns only)."""
+    _check_model(model)
     _load_env_module(env_module)
     kwargs = _parse_json(env_kwargs, "--env-kwargs")
     _check_env(env, split, kwargs)
@@ -378,6 +396,7 @@ def agentq(
     except (FileNotFoundError, ValueError, TypeError) as err:
         _fail(str(err))
     _load_env_module(cfg.env_module)
+    _check_model(cfg.model)
     _check_env(cfg.env, cfg.split, cfg.env_kwargs)
     _check_env(cfg.env, cfg.eval_split, cfg.env_kwargs)
     try:

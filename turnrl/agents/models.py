@@ -66,7 +66,37 @@ def resolve_model_path(name: str, cache_dir: str | Path | None = None, progress:
         return _build_once(models / TINY_DIR, _build_tiny)
     if name == "smollm2-135m":
         return _build_once(models / SMOLLM2_DIR, lambda folder: _convert_smollm2(folder, progress))
+    check_model_name(name)
     return name
+
+
+class ModelNotFoundError(ValueError):
+    """A model name that is neither an alias, a model folder nor a reachable hub id."""
+
+
+def check_model_name(name: str) -> None:
+    """Fail at once, saying what to do, for a folder that is missing or holds no model, and for a hub id when the
+    hub cannot be reached (transformers would retry for a minute and end in a long traceback)."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+            raise ModelNotFoundError(f"{name} is not a model folder (no config.json or adapter_config.json); give a "
+                                     f"folder written by save_pretrained or turnrl, or one of {', '.join(MODEL_ALIASES)}")
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise ModelNotFoundError(f"no model folder {name}; give an existing folder, a hub id (owner/name) or one of "
+                                 f"{', '.join(MODEL_ALIASES)}")
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return   # transformers looks in its local cache only
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        raise ModelNotFoundError(f"{name} looks like a hub id, but the Hugging Face hub cannot be reached from here; "
+                                 "download the model elsewhere and give its local folder (or set HF_HUB_OFFLINE=1 if "
+                                 f"it is in the local hub cache), or use one of {', '.join(MODEL_ALIASES)}") from None
 
 
 def load_model(

@@ -58,7 +58,7 @@ def parse_context(context: str) -> int | None:
         return None
     if context.startswith("window:"):
         k = context.split(":", 1)[1]
-        if k.isdigit():
+        if k.isascii() and k.isdigit():
             return int(k)
     raise ValueError(f"context must be 'full' or 'window:k' with k a non-negative integer, got {context!r}")
 

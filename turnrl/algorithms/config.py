@@ -323,6 +323,16 @@ class TrainConfig:
         if self.minibatch_size % self.micro_batch_size:
             raise ConfigError(f"minibatch_size ({self.minibatch_size}) must be a multiple of micro_batch_size "
                               f"({self.micro_batch_size})")
+        import math
+
+        numbers = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if isinstance(getattr(self, f.name), float)}
+        for name, value in numbers.items():
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}")
+        for name in ("invalid_penalty", "max_grad_norm", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0 for training (sampling); greedy decoding has no log-probs")
         if not 0 < self.top_p <= 1:
@@ -385,7 +395,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """Read a YAML config (optional) and apply overrides; validate before returning."""
     values: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+            raise ConfigError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of key: value")
         values.update(loaded)

@@ -88,6 +88,10 @@ def load_env_module(spec: str) -> None:
         sys.modules[module_name] = module
         try:
             module_spec.loader.exec_module(module)
+        except ModuleNotFoundError as err:   # the file is there; something it imports is not
+            sys.modules.pop(module_name, None)
+            raise ModuleNotFoundError(f"--env-module {spec}: the file exists, but importing it failed: {err} "
+                                      "(install what it imports)") from err
         except BaseException:
             # Leave no half-imported module behind, or loading the fixed file again would do nothing.
             sys.modules.pop(module_name, None)
@@ -96,4 +100,7 @@ def load_env_module(spec: str) -> None:
         try:
             importlib.import_module(spec)
         except ModuleNotFoundError as err:
+            if err.name and not spec.startswith(err.name) and not err.name.startswith(spec):
+                raise ModuleNotFoundError(f"--env-module {spec}: the module exists, but importing it failed: {err} "
+                                          "(install what it imports)") from err
             raise ModuleNotFoundError(f"--env-module {spec}: neither a .py file nor an importable module ({err})") from err

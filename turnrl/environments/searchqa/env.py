@@ -167,7 +167,8 @@ class SearchQAEnv(Environment):
         verdict = "correct" if self._success else f"not correct; the expected answer was {golds[0]}"
         info = {"success": self._success, "invalid": False, "score": em, "em": em, "f1": f1_score(text, golds),
                 "substring_match": substring_match(text, golds)}
-        return StepResult(f"Your answer {text!r} is {verdict}.", em, True, info)
+        shown = text if len(text) <= 200 else text[:200] + f"... ({len(text)} characters)"   # never echo 100 KB back
+        return StepResult(f"Your answer {shown!r} is {verdict}.", em, True, info)
 
     def compact_observation(self, observation: str) -> str:
         """The observation without the reply format an invalid response's feedback repeats (every prompt
