@@ -44,6 +44,7 @@ CRITIC_DEFAULTS = {   # Search-R1's PPO defaults (research notes §1.5, marked t
 STEP_ADVANTAGES = ("gigpo", "hgpo")       # step-level estimators: discounted step returns, window memory
 DEFAULT_HISTORY = 2                       # verl-agent's history_length for GiGPO and HGPO
 DTYPES = ("float32", "bfloat16", "float16")
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "mlflow")
 
 
 def _f(default, help: str, **kw):
@@ -174,6 +175,10 @@ class TrainConfig:
     eval_episodes: int = _f(0, "greedy held-out evaluation on this many eval_split tasks before training, after the "
                                "warm start and after RL, written to eval.json (0 = no evaluation)")
     eval_split: str = _f("test", "task split for evaluation")
+    report_to: str = _f("none", "experiment tracker that also receives metrics.jsonl's numbers (as transformers' "
+                                "report_to), offline by default, files in the run folder: none, tensorboard, wandb, "
+                                "trackio, mlflow (each needs its package: pip install turnrl[NAME])",
+                        choices=REPORT_TO)
     checkpoint_every: int = _f(5, "write a resumable checkpoint every N iterations (0 = never)")
     seed: int = _f(0, "seed for task sampling, generation and initialisation")
     output_dir: str = _f("runs/turnrl", "run folder: config.yaml, metrics.jsonl, curves.png, checkpoints, final/")
@@ -226,6 +231,14 @@ class TrainConfig:
             self.gamma = 1.0 if self.gamma is None else self.gamma
             if self.critic_learning_rate is None:
                 self.critic_learning_rate = 10 * self.learning_rate
+        if self.report_to not in ("none", *REPORT_TO):
+            raise ConfigError(f"report_to: {self.report_to!r} is not one of {', '.join(REPORT_TO)}")
+        if self.report_to != "none":
+            import importlib.util
+
+            if importlib.util.find_spec(self.report_to) is None:
+                raise ConfigError(f"report_to: {self.report_to} needs its package, which is not installed: "
+                                  f"pip install 'turnrl[{self.report_to}]'")
         if self.conventions != "paper" and self.advantage not in ("grpo", "gigpo", "hgpo"):
             raise ConfigError(f"conventions: {self.conventions} applies to advantage grpo, gigpo or hgpo only, not "
                               f"{self.advantage}")

@@ -252,7 +252,13 @@ class Trainer:
         self.config = config
         # No buffer broadcast in DDP's forward: the buffers (rotary frequencies) are the same everywhere, and a
         # broadcast would be a collective in every forward, while processes run different numbers of micro-batches.
-        self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        tracker = {}
+        if config.report_to != "none":   # offline by default; the files go to the run folder
+            os.environ.setdefault("WANDB_MODE", "offline")
+            os.environ.setdefault("MLFLOW_TRACKING_URI", (Path(config.output_dir) / "mlruns").resolve().as_uri())
+            tracker = {"log_with": config.report_to, "project_dir": str(Path(config.output_dir) / "trackers")}
+        self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+                                       **tracker)
         self.progress = progress and self.accelerator.is_main_process
         torch.manual_seed(config.seed)
         if config.env_module:
@@ -1070,6 +1076,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         if acc.is_main_process:
             write_text_atomic(eval_file, json.dumps(evals, indent=2, allow_nan=False))
 
+    if config.report_to != "none":   # the scalar settings as the run's hyperparameters
+        acc.init_trackers("turnrl", config={k: v for k, v in config.to_dict().items()
+                                            if isinstance(v, (int, float, str, bool))})
+
     if start == 0:   # a resumed run has done these already (its checkpoint holds the warm-started weights)
         if config.eval_episodes:
             record("zero_shot")
@@ -1142,6 +1152,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         if config.eval_episodes and config.eval_every and iteration % config.eval_every == 0:
             metrics.update({f"eval_{k}": v for k, v in trainer.evaluate(f"iter{iteration}").items()
                             if isinstance(v, (int, float))})
+        if config.report_to != "none":
+            acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                    step=iteration)
         if acc.is_main_process:
             with metrics_file.open("a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
@@ -1158,6 +1171,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     acc.wait_for_everyone()
     if config.eval_episodes and "after_rl" not in evals:
         record("after_rl")
+    if config.report_to != "none":
+        acc.log({f"eval_{phase}_success_rate": e["success_rate"] for phase, e in evals.items()}, step=config.iterations)
+        acc.end_training()
     if acc.is_main_process:
         save_model(acc.unwrap_model(trainer.model), trainer.tokenizer, run_dir / "final", config.model)
         if trainer.critic is not None:   # the value head or value model, beside the policy
