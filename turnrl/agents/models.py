@@ -66,7 +66,6 @@ def resolve_model_path(name: str, cache_dir: str | Path | None = None, progress:
         return _build_once(models / TINY_DIR, _build_tiny)
     if name == "smollm2-135m":
         return _build_once(models / SMOLLM2_DIR, lambda folder: _convert_smollm2(folder, progress))
-    check_model_name(name)
     return name
 
 
@@ -118,6 +117,8 @@ def load_model(
     """
     torch_dtype = _torch_dtype(dtype)
     path = resolve_model_path(name, cache_dir, progress)
+    if name not in MODEL_ALIASES:
+        check_model_name(name)   # a missing folder or an unreachable hub: a message now, not a minute of retries
     if (Path(path) / "adapter_config.json").is_file():
         return load_trained(path, dtype=dtype, trainable=lora, cache_dir=cache_dir)
     tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(path))
