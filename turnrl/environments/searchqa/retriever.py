@@ -67,19 +67,10 @@ def parse_corpus_record(line: str | bytes) -> tuple[str, str, str]:
     return str(record.get("id", "")), title, text.strip()
 
 
-def _index_key(corpus: Path) -> str:
-    stat = corpus.stat()
-    raw = f"{INDEX_VERSION}|{corpus.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    return hashlib.sha1(raw.encode()).hexdigest()[:16]
-
-
-def build_index(corpus: Path, index_dir: Path, show_progress: bool = True) -> None:
-    """Index `corpus` into `index_dir`, written atomically (a temporary folder renamed at the end)."""
-    import bm25s
-
-    offsets, texts = [], []
+def read_passages(corpus: Path) -> tuple[list[int], list[str]]:
+    """Byte offsets of the non-empty lines (plus the end) and each passage's "title\ntext", for an index."""
+    offsets, texts, position = [], [], 0
     with open(corpus, "rb") as fh:
-        position = 0
         for number, line in enumerate(fh, start=1):
             if line.strip():
                 try:
@@ -91,7 +82,20 @@ def build_index(corpus: Path, index_dir: Path, show_progress: bool = True) -> No
             position += len(line)
     if not texts:
         raise ValueError(f"{corpus}: the corpus has no passages")
-    offsets.append(position)
+    return [*offsets, position], texts
+
+
+def _index_key(corpus: Path) -> str:
+    stat = corpus.stat()
+    raw = f"{INDEX_VERSION}|{corpus.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+
+def build_index(corpus: Path, index_dir: Path, show_progress: bool = True) -> None:
+    """Index `corpus` into `index_dir`, written atomically (a temporary folder renamed at the end)."""
+    import bm25s
+
+    offsets, texts = read_passages(corpus)
     if show_progress:
         print(f"turnrl searchqa: indexing {len(texts):,} passages of {corpus} (once; cached in {index_dir})",
               file=sys.stderr)
