@@ -21,6 +21,7 @@ averaged over the turns of a minibatch, with R the GAE value target and V_old th
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -43,25 +44,33 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
 
 
+def advantage_moments(advantages: list[list[float]]) -> dict[str, float]:
+    """The count, sum and sum of squares of every turn's advantage (summed over processes before `whiten`)."""
+    flat = [a for adv in advantages for a in adv]
+    return {"n": float(len(flat)), "sum": math.fsum(flat), "squares": math.fsum(a * a for a in flat)}
+
+
+def whiten(advantages: list[list[float]], norm: str | None, moments: dict[str, float] | None = None
+           ) -> list[list[float]]:
+    """Advantages centred (`norm` mean) or whitened (mean_std, population std, as verl whitens GAE advantages)
+    over all turns; `moments` (default: these advantages') may cover more turns, e.g. every process's."""
+    moments = moments or advantage_moments(advantages)
+    if not norm or moments["n"] < 2:
+        return advantages
+    mean = moments["sum"] / moments["n"]
+    if norm != "mean_std":
+        return [[a - mean for a in adv] for adv in advantages]
+    std = math.sqrt(max(moments["squares"] / moments["n"] - mean * mean, 0.0))
+    return [[(a - mean) / (std + 1e-8) for a in adv] for adv in advantages]
+
+
 def episode_gae(rewards: list[list[float]], values: list[list[float]], *, gamma: float, lam: float,
                 norm: str | None = "mean_std") -> tuple[list[list[float]], list[list[float]]]:
     """GAE over the turns of each episode, then (`norm`) the advantages whitened over all turns of the batch
-    (mean_std, as verl whitens GAE advantages) or centred (mean); value targets are the raw A + V.
-    Returns (advantages, value targets), one list per episode, one number per turn."""
+    (`whiten`); value targets are the raw A + V. Returns (advantages, value targets), one list per episode, one
+    number per turn."""
     per_episode = [turn_gae(r, v, gamma=gamma, lam=lam) for r, v in zip(rewards, values)]
-    advantages = [a for a, _ in per_episode]
-    targets = [t for _, t in per_episode]
-    flat = torch.tensor([a for adv in advantages for a in adv], dtype=torch.float64)
-    if norm and len(flat) > 1:
-        centred = flat - flat.mean()
-        if norm == "mean_std":
-            centred = centred / (flat.std(unbiased=False) + 1e-8)
-        out, i = [], 0
-        for adv in advantages:
-            out.append([float(x) for x in centred[i: i + len(adv)]])
-            i += len(adv)
-        advantages = out
-    return advantages, targets
+    return whiten([a for a, _ in per_episode], norm), [t for _, t in per_episode]
 
 
 class Critic(nn.Module):

@@ -40,7 +40,7 @@ from turnrl.algorithms.advantages import (
 )
 from turnrl.algorithms.alp import NO_NOISE, LayerwiseNoise, clamp_log_ratio, sequence_token_log_ratio
 from turnrl.algorithms.config import TrainConfig
-from turnrl.algorithms.critic import Critic, clipped_value_loss, episode_gae, turn_starts
+from turnrl.algorithms.critic import Critic, advantage_moments, clipped_value_loss, episode_gae, turn_starts, whiten
 from turnrl.algorithms.objectives import RATIO_LEVELS, clip_bias_loss, clip_bias_scale, kl_k3, ppo_clip_loss
 from turnrl.algorithms.replay import ReplayBuffer
 from turnrl.algorithms.sft import behaviour_clone, demonstration_dataset, demonstration_tasks, expert_demonstrations
@@ -477,18 +477,6 @@ class Trainer:
                 values[(micro[row].episode_index, int(batch.turn_index[row, col]))] = float(v[row, col])
         return values
 
-    def whiten(self, advantages: list[list[float]], norm: str) -> list[list[float]]:
-        """GAE advantages centred (mean) or whitened (mean_std) over every turn of the iteration on all processes,
-        as `episode_gae(norm=...)` does on one."""
-        flat = [a for adv in advantages for a in adv]
-        sums = _reduce(self.accelerator, {"n": float(len(flat)), "sum": math.fsum(flat),
-                                          "squares": math.fsum(a * a for a in flat)})
-        if sums["n"] < 2:
-            return advantages
-        mean = sums["sum"] / sums["n"]
-        std = math.sqrt(max(sums["squares"] / sums["n"] - mean * mean, 0.0)) if norm == "mean_std" else None
-        return [[(a - mean) / (std + 1e-8) if std is not None else a - mean for a in adv] for adv in advantages]
-
     def training_samples(self, episodes: list[Episode]) -> tuple[list[Sample], list[list[float]]]:
         """The episodes' training samples and per-turn advantages. With advantage gae the critic values every
         turn first; GAE over turns gives the advantages, and each sample carries its turns' values and targets."""
@@ -503,7 +491,8 @@ class Trainer:
         turn_values = [[values.get((i, t), 0.0) for t in range(len(e.turns))] for i, e in enumerate(episodes)]
         rewards = [[t.reward - t.penalty for t in e.turns] for e in episodes]
         advantages, targets = episode_gae(rewards, turn_values, gamma=cfg.gamma, lam=cfg.gae_lambda, norm=None)
-        advantages = self.whiten(advantages, cfg.advantage_norm)
+        # whitened over every process's turns
+        advantages = whiten(advantages, cfg.advantage_norm, _reduce(self.accelerator, advantage_moments(advantages)))
         samples = []
         for i, (e, adv) in enumerate(zip(episodes, advantages)):
             for sample in episode_samples(e, adv, i):
@@ -533,11 +522,6 @@ class Trainer:
             return 0, local_samples
         counts = self.accelerator.gather(torch.tensor([local_samples], device=self.accelerator.device)).tolist()
         return sum(counts[: self.accelerator.process_index]), sum(counts)
-
-    def max_over_processes(self, value: int) -> int:
-        if self.accelerator.num_processes == 1:
-            return value
-        return int(self.accelerator.gather(torch.tensor([value], device=self.accelerator.device)).max())
 
     def global_normaliser(self, local_weight: float) -> float:
         """The loss normaliser of a minibatch: its weight summed over all processes (a token mean divides by
