@@ -17,8 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from turnrl.agents import models
-from turnrl.agents.models import load_model, save_model
-from turnrl.algorithms.sft import expert_demonstrations
+from turnrl.agents.models import load_model
 from turnrl.cli import app
 from turnrl.environments import registry
 
@@ -110,16 +109,10 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def nudged_model(tmp_path_factory, train_on_turn_ends):
-    """A saved copy of `tiny` trained for a few dozen steps on the ends of expert turns, so that it often
-    writes a valid action: episodes then differ in return and training has a non-zero gradient."""
-    model, tokenizer = load_model("tiny")
-    demos = (expert_demonstrations(tokenizer, "lights", list(range(8)), env_kwargs={"n_lamps": 1}, context="window:0")
-             + expert_demonstrations(tokenizer, "lights", list(range(8)), context="window:0"))
-    train_on_turn_ends(model, tokenizer, demos)
-    folder = tmp_path_factory.mktemp("nudged") / "model"
-    save_model(model, tokenizer, folder, "tiny")
-    return folder
+def nudged_model(nudged_tiny):
+    """`tiny` nudged towards valid actions (conftest's `nudged_tiny`): episodes differ in return and training has
+    a non-zero gradient."""
+    return nudged_tiny
 
 
 @pytest.fixture
