@@ -174,34 +174,10 @@ def training(args) -> dict:
 
 
 def plot(runs: dict, out: Path) -> None:
-    import matplotlib
+    from staleness_curves import plot_runs  # beside this script
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = ("mean_return", "abs_log_ratio_p99", "kl", "alp_sigma_mean")
-    stalenesses = sorted({r["max_staleness"] for r in runs.values()})
-    fig, axes = plt.subplots(len(stalenesses), len(keys), figsize=(4 * len(keys), 3.2 * len(stalenesses)),
-                             squeeze=False)
-    colours = dict(zip(VARIANTS, ("#c44e52", "#dd8452", "#4c72b0", "#55a868")))
-    for row, staleness in enumerate(stalenesses):
-        for col, key in enumerate(keys):
-            ax = axes[row][col]
-            for name in VARIANTS:
-                series = [r["series"][key] for r in runs.values() if r["variant"] == name
-                          and r["max_staleness"] == staleness]
-                for i, values in enumerate(series):
-                    ax.plot(range(1, len(values) + 1), [float("nan") if v is None else v for v in values],
-                            color=colours[name], alpha=0.8, label=name if i == 0 else None)
-            ax.set_title(f"{key} (max_staleness {staleness})", fontsize=9)
-            ax.set_xlabel("iteration")
-            if key == "alp_sigma_mean":
-                ax.set_yscale("log")
-            if row == 0 and col == 0:
-                ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    plot_runs(runs, VARIANTS, ("mean_return", "abs_log_ratio_p99", "kl", "alp_sigma_mean"), out,
+              log_keys=("alp_sigma_mean",))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ warm start from the expert (the same for every variant of a seed); a turn-level 
 aggressive updates (a high learning rate, several epochs) so that off-policy drift and clipping are visible.
 ST-PPO's claim (research notes §1.6) is that S-PPO and ST-PPO do not collapse where token-PPO does.
 
-Per run: return (the fraction of lights answered right), success, clip fraction, ‖C‖ (clip_bias_norm_mean), p99 of |log ratio| and KL per iteration; whether and
+Per run: return (the fraction of lights answered right), success, clip fraction, ‖C‖ (clip_bias_norm_mean),
+p99 of |log ratio| and KL per iteration; whether and
 when it collapses (the 3-iteration mean return falls below half of its best after reaching >= 0.3). And the
 cost of the clip-bias normalisation: one update of S-PPO vs PPO on the same samples, interleaved repetitions.
 
@@ -31,7 +32,8 @@ from pathlib import Path
 import torch
 
 VARIANTS = ("ppo", "turn-ppo", "s-ppo", "st-ppo")
-SERIES = ("mean_return", "success_rate", "clip_fraction", "clip_bias_norm_mean", "abs_log_ratio_p99", "kl", "value_loss")
+SERIES = ("mean_return", "success_rate", "clip_fraction", "clip_bias_norm_mean", "abs_log_ratio_p99", "kl",
+          "value_loss")
 
 
 def collapse_iteration(returns: list[float], floor: float = 0.3) -> int | None:
@@ -85,32 +87,9 @@ def clip_bias_cost(args, work: Path, repeats: int = 5) -> float:
 
 
 def plot(runs: dict, out: Path) -> None:
-    import matplotlib
+    from staleness_curves import plot_runs  # beside this script
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = ("mean_return", "clip_fraction", "clip_bias_norm_mean", "abs_log_ratio_p99")
-    stalenesses = sorted({r["max_staleness"] for r in runs.values()})
-    fig, axes = plt.subplots(len(stalenesses), len(keys), figsize=(4 * len(keys), 3.2 * len(stalenesses)),
-                             squeeze=False)
-    colours = dict(zip(VARIANTS, ("#c44e52", "#dd8452", "#4c72b0", "#55a868")))
-    for row, staleness in enumerate(stalenesses):
-        for col, key in enumerate(keys):
-            ax = axes[row][col]
-            for variant in VARIANTS:
-                series = [r["series"][key] for r in runs.values()
-                          if r["variant"] == variant and r["max_staleness"] == staleness]
-                for i, values in enumerate(series):
-                    ax.plot(range(1, len(values) + 1), [float("nan") if v is None else v for v in values],
-                            color=colours[variant], alpha=0.8, label=variant if i == 0 else None)
-            ax.set_title(f"{key} (max_staleness {staleness})", fontsize=9)
-            ax.set_xlabel("iteration")
-            if row == 0 and col == 0:
-                ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    plot_runs(runs, VARIANTS, ("mean_return", "clip_fraction", "clip_bias_norm_mean", "abs_log_ratio_p99"), out)
 
 
 def main(argv: list[str] | None = None) -> dict:
