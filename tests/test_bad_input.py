@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from turnrl.agents.models import ModelNotFoundError, check_model_name
+from turnrl.agents.models import ModelNotFoundError, _hub_reachable, check_model_name
 from turnrl.agents.prompts import parse_context
 from turnrl.algorithms.config import ConfigError, load_config
 from turnrl.cli import app
@@ -59,8 +59,10 @@ def test_model_names_fail_fast_with_what_to_do(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _hub_reachable.cache_clear()   # asked once per process: forget any earlier answer
     with pytest.raises(ModelNotFoundError, match="hub cannot be reached"):
         check_model_name("Qwen/Qwen2.5-0.5B-Instruct")
+    _hub_reachable.cache_clear()
     result = CliRunner().invoke(app, ["eval", "--env", "lights", "--model", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "no model folder" in _flat(result.output)
 

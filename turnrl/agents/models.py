@@ -19,6 +19,7 @@ match the ones recorded at generation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -85,17 +86,25 @@ def check_model_name(name: str) -> None:
     if name.startswith(("/", ".", "~")) or name.count("/") != 1:
         raise ModelNotFoundError(f"no model folder {name}; give an existing folder, a hub id (owner/name) or one of "
                                  f"{', '.join(MODEL_ALIASES)}")
-    import os
-    import socket
-
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
         return   # transformers looks in its local cache only
+    if not _hub_reachable():
+        raise ModelNotFoundError(f"{name} looks like a hub id, but the Hugging Face hub cannot be reached from here; "
+                                 "download the model elsewhere and give its local folder (or set HF_HUB_OFFLINE=1 if "
+                                 f"it is in the local hub cache), or use one of {', '.join(MODEL_ALIASES)}")
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within 3 s (asked once per process: the CLI checks
+    before any work and `load_model` checks again)."""
+    import socket
+
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
     except OSError:
-        raise ModelNotFoundError(f"{name} looks like a hub id, but the Hugging Face hub cannot be reached from here; "
-                                 "download the model elsewhere and give its local folder (or set HF_HUB_OFFLINE=1 if "
-                                 f"it is in the local hub cache), or use one of {', '.join(MODEL_ALIASES)}") from None
+        return False
+    return True
 
 
 def load_model(
