@@ -99,6 +99,25 @@ def checked_observation(observation) -> str:
     return observation
 
 
+NO_VALID_ACTION = "(no valid action)"   # what the history remembers of a response without a parseable action
+
+
+def act(env: Environment, response: str, invalid_penalty: float,
+        step: Callable[[str], StepResult]) -> tuple[str | None, StepResult, float, str]:
+    """Apply an agent's response in `env`: the action taken, the result, the penalty and what the window history
+    remembers. An environment that parses responses gets the whole text; otherwise the `<action>` is extracted,
+    and a response without one is an invalid turn (an observation saying why, never a call to `step`)."""
+    if env.parses_responses:
+        result = step(response)
+        return (response, result, invalid_penalty if result.info.get("invalid") else 0.0,
+                without_think(response) or "(empty response)")
+    parsed = parse_response(response)
+    if parsed.valid:
+        return parsed.action, step(parsed.action), 0.0, parsed.action
+    invalid = StepResult(invalid_response_observation(parsed.error), 0.0, False, {"invalid": True})
+    return parsed.action, invalid, invalid_penalty, NO_VALID_ACTION
+
+
 class _Live:
     """The state of one episode during a rollout."""
 
@@ -175,24 +194,10 @@ def rollout(policy: Policy, envs: list[Environment], specs: list[EpisodeSpec], *
                 return checked_result(call_env("step", env.step, action, timeout=step_timeout))
 
             try:
-                if state.env.parses_responses:
-                    # The environment reads its own tags; a response it cannot use is its invalid turn.
-                    action = completion.text
-                    result = step(action)
-                    penalty = invalid_penalty if result.info.get("invalid") else 0.0
-                    remembered = without_think(action) or "(empty response)"
-                else:
-                    parsed = parse_response(completion.text)
-                    action = remembered = parsed.action
-                    result = step(parsed.action) if parsed.valid else None
-                    penalty = 0.0
+                action, result, penalty, remembered = act(state.env, completion.text, invalid_penalty, step)
             except EnvFailure as failure:   # this episode ends here; the batch goes on without it
                 state.episode.stop_reason, state.episode.error = "failed", str(failure)
                 continue
-            if not state.env.parses_responses and not parsed.valid:
-                result = StepResult(invalid_response_observation(parsed.error), 0.0, False, {"invalid": True})
-                penalty = invalid_penalty
-                remembered = "(no valid action)"
             turn = Turn(
                 observation=state.observation, response=completion.text, action=action,
                 completion_ids=completion.token_ids, logprobs=completion.logprobs,

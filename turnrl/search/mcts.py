@@ -51,15 +51,16 @@ from typing import Any
 
 import torch
 
-from turnrl.agents.actions import invalid_response_observation, parse_response, without_think
+from turnrl.agents.actions import parse_response, without_think
 from turnrl.agents.policy import Completion, Policy
 from turnrl.agents.prompts import ChatTokens, HistoryEntry, PromptBuilder, parse_context
-from turnrl.environments import Environment, StepResult, make_env
+from turnrl.agents.rollout import NO_VALID_ACTION, act
+from turnrl.environments import Environment, make_env
 from turnrl.episode import Episode, Turn
 from turnrl.search.critique import CRITIC_STOP, RANK_VALUES, ranking_dialogue
 
 BATCHING = ("all", "request", "row")
-NO_ACTION_KEY = "(no valid action)"
+NO_ACTION_KEY = NO_VALID_ACTION
 
 
 @dataclass
@@ -181,19 +182,7 @@ class Stepper:
 
     def take_turn(self, env: Environment, state: Conversation, completion: Completion) -> tuple[Turn, Conversation]:
         """Apply one completion in `env` (which must be in `state`); the turn and the state after it."""
-        if env.parses_responses:
-            action = completion.text
-            result = env.step(action)
-            penalty = self.invalid_penalty if result.info.get("invalid") else 0.0
-            remembered = without_think(action) or "(empty response)"
-        else:
-            parsed = parse_response(completion.text)
-            action = remembered = parsed.action
-            if parsed.valid:
-                result, penalty = env.step(parsed.action), 0.0
-            else:
-                result = StepResult(invalid_response_observation(parsed.error), 0.0, False, {"invalid": True})
-                penalty, remembered = self.invalid_penalty, NO_ACTION_KEY
+        action, result, penalty, remembered = act(env, completion.text, self.invalid_penalty, env.step)
         turn = Turn(observation=state.observation, response=completion.text, action=action,
                     completion_ids=list(completion.token_ids), logprobs=list(completion.logprobs),
                     reward=float(result.reward), penalty=penalty, done=bool(result.done), info=dict(result.info),
