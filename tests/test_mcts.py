@@ -356,3 +356,82 @@ def test_search_with_the_tiny_model_and_its_own_critic(tokenizer):
     tree_json = trees[0].to_json()
     assert tree_json["root"]["visits"] == 3 and tree_json["root"]["chosen"]
     assert {"id", "parent", "action", "visits", "value", "q", "chosen", "children"} <= set(tree_json["root"])
+
+
+# --- a failing environment costs its own tree, not the search (issue: fault isolation) ---------------------
+
+class FlakyCorridor:
+    """The corridor, failing on chosen tasks: `raise` in step, `nan` reward, `hang` (a step that sleeps past
+    the search's step_timeout), `reset` (raises in reset) or `restore` (raises in restore)."""
+
+    def __init__(self, failures: dict, **kwargs):
+        from turnrl.environments.toy.corridor import CorridorEnv
+
+        self.inner, self.failures, self.task = CorridorEnv(**kwargs), failures, None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def reset(self, task=None, seed=None):
+        self.task = task
+        if self.failures.get(task) == "reset":
+            raise OSError("the simulator did not start")
+        return self.inner.reset(task=task, seed=seed)
+
+    def step(self, action):
+        how = self.failures.get(self.task)
+        if how == "raise" and self.inner._steps >= 1:
+            raise RuntimeError("tool crashed")
+        if how == "hang":
+            import time
+
+            time.sleep(1.0)
+        result = self.inner.step(action)
+        if how == "nan":
+            result.reward = float("nan")
+        return result
+
+    def restore(self, snapshot):
+        if self.failures.get(self.task) == "restore":
+            raise KeyError("snapshot lost")
+        return self.inner.restore(snapshot)
+
+
+@pytest.fixture
+def flaky_env():
+    from turnrl.environments.registry import _FACTORIES, register_env
+
+    failures = {}
+    register_env("flaky-corridor", lambda **kw: FlakyCorridor(failures, **kw), overwrite=True)
+    yield failures
+    _FACTORIES.pop("flaky-corridor", None)
+
+
+@pytest.mark.parametrize("how, cause", [("raise", "step: RuntimeError: tool crashed"), ("nan", "malformed: reward"),
+                                        ("hang", "timeout"), ("reset", "reset: OSError"),
+                                        ("restore", "step: KeyError")])
+def test_a_failing_environment_costs_its_own_tree_only(tokenizer, flaky_env, how, cause):
+    flaky_env[1] = how
+    config = SearchConfig(simulations=12, branching=3, expansion_rounds=8, alpha=1.0, max_turns=3, context="window:2",
+                          step_timeout=0.3)
+    alone = search_tasks(RandomAdmissible(tokenizer, seed=1), "corridor", [0, 2], config, env_kwargs=CORRIDOR)
+    trees = search_tasks(RandomAdmissible(tokenizer, seed=1), "flaky-corridor", [0, 1, 2], config,
+                         env_kwargs=CORRIDOR, batch_size=2)   # task 2 reuses the failed tree's slot: a fresh env
+    assert trees[1].error is not None and trees[1].error.startswith(cause), trees[1].error
+    assert trees[0].error is None and trees[2].error is None
+    assert [t.best_return for t in (trees[0], trees[2])] == [1.0, 1.0] == [t.best_return for t in alone]
+    episodes = best_episodes(trees, "flaky-corridor", "window:2")
+    assert [e.task for e in episodes] == [0, 2]
+    assert all(row["depth"] >= 0 for row in preference_pairs(trees, tokenizer, threshold=0.0))
+    assert not preference_pairs([trees[1]], tokenizer, threshold=0.0)
+    assert trees[1].to_json()["error"] == trees[1].error
+
+
+def test_acting_by_search_records_a_failed_episode_and_goes_on(tokenizer, flaky_env):
+    flaky_env[1] = "raise"
+    config = SearchConfig(simulations=12, branching=3, expansion_rounds=8, alpha=1.0, max_turns=3, context="window:2")
+    episodes, trees = act_by_search(RandomAdmissible(tokenizer, seed=0), "flaky-corridor", [0, 1], config,
+                                    env_kwargs=CORRIDOR)
+    assert not episodes[0].failed and episodes[0].turns and episodes[0].stop_reason in ("done", "max_turns")
+    assert episodes[1].failed and episodes[1].error.startswith("step: RuntimeError: tool crashed")
+    assert trees[1].error == episodes[1].error

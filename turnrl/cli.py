@@ -162,7 +162,8 @@ def train(
     _check_model(cfg.model)
     _check_env(cfg.env, cfg.split, cfg.env_kwargs)
     if cfg.eval_episodes:
-        _check_env(cfg.env, cfg.eval_split, cfg.env_kwargs)
+        for split in [cfg.eval_split, *(cfg.eval_extra_splits or [])]:
+            _check_env(cfg.env, split, cfg.env_kwargs)
     from turnrl.algorithms.trainer import RunError
     from turnrl.algorithms.trainer import train as run_training
 

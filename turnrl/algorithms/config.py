@@ -45,6 +45,7 @@ STEP_ADVANTAGES = ("gigpo", "hgpo")       # step-level estimators: discounted st
 DEFAULT_HISTORY = 2                       # verl-agent's history_length for GiGPO and HGPO
 DTYPES = ("float32", "bfloat16", "float16")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "mlflow")
+EVAL_PHASES = ("zero_shot", "warm_start", "after_rl")   # the held-out evaluations of a run, in order
 
 
 def _f(default, help: str, **kw):
@@ -175,6 +176,10 @@ class TrainConfig:
     eval_episodes: int = _f(0, "greedy held-out evaluation on this many eval_split tasks before training, after the "
                                "warm start and after RL, written to eval.json (0 = no evaluation)")
     eval_split: str = _f("test", "task split for evaluation")
+    eval_extra_splits: list | None = _f(None, "eval_episodes: also evaluate every phase on these splits (eval.json "
+                                              "keys PHASE@SPLIT), e.g. ALFWorld's valid_unseen beside valid_seen")
+    eval_phases: list | None = _f(None, "eval_episodes: which held-out evaluations to run, of zero_shot, warm_start, "
+                                        "after_rl (default all; a sweep from one warm start needs them once)")
     report_to: str = _f("none", "experiment tracker that also receives metrics.jsonl's numbers (as transformers' "
                                 "report_to), offline by default, files in the run folder: none, tensorboard, wandb, "
                                 "trackio, mlflow (each needs its package: pip install turnrl[NAME])",
@@ -297,6 +302,12 @@ class TrainConfig:
             raise ConfigError("filter_groups_max_draws applies with filter_groups: true only")
         if self.filter_groups and self.filter_groups_max_draws is None:
             self.filter_groups_max_draws = 4
+        if self.eval_extra_splits is not None and not self.eval_episodes:
+            raise ConfigError("eval_extra_splits applies with eval_episodes > 0 only")
+        if self.eval_phases is not None and not self.eval_episodes:
+            raise ConfigError("eval_phases applies with eval_episodes > 0 only")
+        if self.eval_episodes and self.eval_phases is None:
+            self.eval_phases = [p for p in EVAL_PHASES if p != "warm_start" or self.warm_start_episodes]
         warm = {"warm_start_epochs": 1.0, "warm_start_learning_rate": 1e-4, "warm_start_batch_size": 8}
         for name, default in warm.items():
             if not self.warm_start_episodes and getattr(self, name) is not None:
@@ -324,6 +335,16 @@ class TrainConfig:
         if self.warm_start_episodes and (self.warm_start_epochs <= 0 or self.warm_start_learning_rate <= 0
                                          or self.warm_start_batch_size < 1):
             raise ConfigError("warm_start_epochs and warm_start_learning_rate must be > 0, warm_start_batch_size >= 1")
+        if self.eval_phases is not None and (not isinstance(self.eval_phases, list) or not self.eval_phases or any(
+                phase not in EVAL_PHASES for phase in self.eval_phases)):
+            raise ConfigError(f"eval_phases must be a non-empty list of {', '.join(EVAL_PHASES)}, got "
+                              f"{self.eval_phases!r}")
+        if self.eval_extra_splits is not None and (not isinstance(self.eval_extra_splits, list) or any(
+                not isinstance(split, str) or split == self.eval_split for split in self.eval_extra_splits)):
+            raise ConfigError(f"eval_extra_splits must be a list of split names other than eval_split "
+                              f"({self.eval_split}), got {self.eval_extra_splits!r}")
+        if self.eval_phases and "warm_start" in self.eval_phases and not self.warm_start_episodes:
+            raise ConfigError("eval_phases: warm_start needs warm_start_episodes > 0")
         for name in ("eval_every", "eval_episodes", "checkpoint_every", "warm_start_episodes", "max_staleness"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

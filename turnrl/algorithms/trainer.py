@@ -39,7 +39,7 @@ from turnrl.algorithms.advantages import (
     rloo_advantages,
 )
 from turnrl.algorithms.alp import NO_NOISE, LayerwiseNoise, clamp_log_ratio, sequence_token_log_ratio
-from turnrl.algorithms.config import TrainConfig
+from turnrl.algorithms.config import EVAL_PHASES, TrainConfig
 from turnrl.algorithms.critic import Critic, advantage_moments, clipped_value_loss, episode_gae, turn_starts, whiten
 from turnrl.algorithms.objectives import RATIO_LEVELS, clip_bias_loss, clip_bias_scale, kl_k3, ppo_clip_loss
 from turnrl.algorithms.replay import ReplayBuffer
@@ -112,7 +112,6 @@ def step_group_metrics(counts: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
-EVAL_PHASES = ("zero_shot", "warm_start", "after_rl")   # the held-out evaluations of a run, in order
 RATIO_TAIL_KEYS = ("ratio_p1", "ratio_p50", "ratio_p99", "abs_log_ratio_p99", "ratio_ess")
 
 
@@ -267,7 +266,8 @@ class Trainer:
         probe = make_env(config.env, **config.env_kwargs)
         self.train_tasks = list(probe.tasks(config.split))
         if config.eval_episodes:
-            probe.tasks(config.eval_split)
+            for split in [config.eval_split, *(config.eval_extra_splits or [])]:
+                probe.tasks(split)
         if config.warm_start_episodes:
             probe.reset(task=self.train_tasks[0], seed=config.seed)
             if probe.expert_action() is None:
@@ -724,13 +724,14 @@ class Trainer:
                          clip_bias_norm_max=max(clip_bias_norms, default=0.0))
         return stats
 
-    def evaluate(self, phase: str) -> dict:
-        """Greedy decoding on the first `eval_episodes` tasks of `eval_split`: the `turnrl eval` summary.
-        The trajectories go to `eval_{phase}.jsonl` in the run folder."""
+    def evaluate(self, phase: str, split: str | None = None) -> dict:
+        """Greedy decoding on the first `eval_episodes` tasks of `split` (default `eval_split`): the `turnrl eval`
+        summary. The trajectories go to `eval_{phase}.jsonl` in the run folder."""
         cfg = self.config
+        split = split or cfg.eval_split
         greedy = Policy(self.policy.model, self.tokenizer, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
                         device=self.accelerator.device)
-        tasks = list(make_env(cfg.env, **cfg.env_kwargs).tasks(cfg.eval_split))[: cfg.eval_episodes]
+        tasks = list(make_env(cfg.env, **cfg.env_kwargs).tasks(split))[: cfg.eval_episodes]
         self.model.eval()
         with self.phases.phase(f"eval {phase}", total=cfg.max_turns) as show:
             episodes = evaluate(greedy, cfg.env, tasks, env_kwargs=cfg.env_kwargs, context=cfg.context,
@@ -742,7 +743,7 @@ class Trainer:
             with (self.run_dir / f"eval_{phase}.jsonl").open("w") as fh:
                 for episode in episodes:
                     fh.write(json.dumps(episode.to_json(), default=str) + "\n")
-        return {"env": cfg.env, "split": cfg.eval_split, "model": cfg.model, "policy": "model", **summarize(episodes)}
+        return {"env": cfg.env, "split": split, "model": cfg.model, "policy": "model", **summarize(episodes)}
 
     def warm_start(self) -> str:
         """Behaviour cloning from the environment's expert (the path of `turnrl sft`), cached under
@@ -1054,24 +1055,26 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             print(message, flush=True)
 
     def record(phase: str) -> None:
-        evals[phase] = trainer.evaluate(phase)
-        log(f"eval {phase}: success {evals[phase]['success_rate']:.2f}  score {evals[phase]['mean_score']:.2f}  "
-            f"invalid {evals[phase]['invalid_action_rate']:.2f}  ({evals[phase]['episodes']} {config.eval_split} tasks)")
-        if acc.is_main_process:
-            write_text_atomic(eval_file, json.dumps(evals, indent=2, allow_nan=False))
+        for split in [None, *(config.eval_extra_splits or [])]:
+            key = phase if split is None else f"{phase}@{split}"
+            e = evals[key] = trainer.evaluate(key, split)
+            log(f"eval {key}: success {e['success_rate']:.2f}  score {e['mean_score']:.2f}  "
+                f"invalid {e['invalid_action_rate']:.2f}  ({e['episodes']} {e['split']} tasks)")
+            if acc.is_main_process:
+                write_text_atomic(eval_file, json.dumps(evals, indent=2, allow_nan=False))
 
     if config.report_to != "none":   # the scalar settings as the run's hyperparameters
         acc.init_trackers("turnrl", config={k: v for k, v in config.to_dict().items()
                                             if isinstance(v, (int, float, str, bool))})
 
     if start == 0:   # a resumed run has done these already (its checkpoint holds the warm-started weights)
-        if config.eval_episodes:
+        if config.eval_episodes and "zero_shot" in config.eval_phases:
             record("zero_shot")
         if config.warm_start_episodes:
             t0 = time.perf_counter()
             how = trainer.warm_start()
             log(f"warm start: {how} ({config.warm_start_episodes} expert episodes, {time.perf_counter() - t0:.0f}s)")
-            if config.eval_episodes:
+            if config.eval_episodes and "warm_start" in config.eval_phases:
                 record("warm_start")
 
     for iteration in range(start + 1, config.iterations + 1):
@@ -1153,7 +1156,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             trainer.save_checkpoint(iteration)
 
     acc.wait_for_everyone()
-    if config.eval_episodes and "after_rl" not in evals:
+    if config.eval_episodes and "after_rl" in config.eval_phases and "after_rl" not in evals:
         record("after_rl")
     if config.report_to != "none":
         acc.log({f"eval_{phase}_success_rate": e["success_rate"] for phase, e in evals.items()}, step=config.iterations)
@@ -1213,11 +1216,10 @@ def print_eval_table(evals: dict) -> None:
     from rich.table import Table
 
     table = Table(title="held-out evaluation (greedy)")
-    for column in ("phase", "success", "score", "invalid", "turns", "episodes"):
-        table.add_column(column, justify="left" if column == "phase" else "right")
-    for phase in EVAL_PHASES:
-        if phase in evals:
-            e = evals[phase]
-            table.add_row(phase, f"{e['success_rate']:.3f}", f"{e['mean_score']:.3f}",
-                          f"{e['invalid_action_rate']:.3f}", f"{e['mean_turns']:.2f}", str(e["episodes"]))
+    for column in ("phase", "split", "success", "score", "invalid", "turns", "episodes"):
+        table.add_column(column, justify="left" if column in ("phase", "split") else "right")
+    for key in sorted(evals, key=lambda k: EVAL_PHASES.index(k.split("@")[0]) if k.split("@")[0] in EVAL_PHASES else 9):
+        e = evals[key]
+        table.add_row(key.split("@")[0], e["split"], f"{e['success_rate']:.3f}", f"{e['mean_score']:.3f}",
+                      f"{e['invalid_action_rate']:.3f}", f"{e['mean_turns']:.2f}", str(e["episodes"]))
     Console().print(table)

@@ -61,6 +61,8 @@ def run_search(policy, env_name: str, tasks: list, config: SearchConfig, output_
         "nodes": sum(t.nodes for t in trees), "expansions": sum(t.expansions for t in trees),
         "env_steps": sum(t.env_steps for t in trees), "critic_questions": sum(t.critic_questions for t in trees),
         "critic_unread": sum(t.critic_unread for t in trees),
+        "failed_tasks": sum(t.error is not None for t in trees),
+        "errors": [t.error for t in trees if t.error is not None][:10],
         "best_success_rate": sum(e.success for e in episodes) / n if n else 0.0,
         "mean_best_return": sum(e.total_reward for e in episodes) / n if n else 0.0,
         "pairs": len(rows), "pairs_per_task": len(rows) / n if n else 0.0, "sibling_pairs": siblings,

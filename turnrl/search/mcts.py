@@ -43,6 +43,7 @@ Constants the paper leaves open, and the defaults chosen (`SearchConfig`):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Generator, Iterable
@@ -54,8 +55,8 @@ import torch
 from turnrl.agents.actions import parse_response, without_think
 from turnrl.agents.policy import Completion, Policy
 from turnrl.agents.prompts import ChatTokens, HistoryEntry, PromptBuilder, parse_context
-from turnrl.agents.rollout import NO_VALID_ACTION, act
-from turnrl.environments import Environment, make_env
+from turnrl.agents.rollout import NO_VALID_ACTION, EnvFailure, act, call_env, checked_observation, checked_result
+from turnrl.environments import Environment, StepResult, make_env
 from turnrl.episode import Episode, Turn
 from turnrl.search.critique import CRITIC_STOP, RANK_VALUES, ranking_dialogue
 
@@ -78,6 +79,8 @@ class SearchConfig:
     invalid_penalty: float = 0.1    # recorded in Turn.penalty, as rollouts do; not part of Q
     critic_max_new_tokens: int = 16
     batching: str = "all"           # all (across nodes, rollouts and tasks), request or row (baselines)
+    step_timeout: float | None = 300.0   # seconds an environment's reset, step, snapshot or restore may take (None:
+                                         # no limit); a failure there ends its own tree's search, not the others'
 
     def __post_init__(self):
         problems = []
@@ -95,6 +98,8 @@ class SearchConfig:
             problems.append(f"rank_value must be one of {', '.join(RANK_VALUES)} (got {self.rank_value!r})")
         if self.max_turns < 1:
             problems.append(f"max_turns must be >= 1 (got {self.max_turns})")
+        if self.step_timeout is not None and not self.step_timeout > 0:
+            problems.append(f"step_timeout must be > 0 seconds or None (got {self.step_timeout})")
         if self.batching not in BATCHING:
             problems.append(f"batching must be one of {', '.join(BATCHING)} (got {self.batching!r})")
         try:
@@ -159,8 +164,9 @@ class Stepper:
     """Builds prompts and takes turns exactly as `rollout` does (same prompts, same token ids)."""
 
     def __init__(self, tokenizer, builder: PromptBuilder, context: str, max_turns: int, invalid_penalty: float,
-                 max_context_tokens: int | None = None, max_new_tokens: int = 0):
+                 max_context_tokens: int | None = None, max_new_tokens: int = 0, step_timeout: float | None = None):
         self.chat, self.builder = ChatTokens(tokenizer), builder
+        self.step_timeout = step_timeout
         self.window = parse_context(context)
         self.max_turns, self.invalid_penalty = max_turns, invalid_penalty
         self.max_context_tokens, self.max_new_tokens = max_context_tokens, max_new_tokens
@@ -181,8 +187,12 @@ class Stepper:
         return self.chat.prompt_ids(messages, tools=env.tool_schemas)
 
     def take_turn(self, env: Environment, state: Conversation, completion: Completion) -> tuple[Turn, Conversation]:
-        """Apply one completion in `env` (which must be in `state`); the turn and the state after it."""
-        action, result, penalty, remembered = act(env, completion.text, self.invalid_penalty, env.step)
+        """Apply one completion in `env` (which must be in `state`); the turn and the state after it. An environment
+        that raises, returns a malformed result or times out raises `EnvFailure`, as in `rollout`."""
+        def step(action: str) -> StepResult:
+            return checked_result(call_env("step", env.step, action, timeout=self.step_timeout))
+
+        action, result, penalty, remembered = act(env, completion.text, self.invalid_penalty, step)
         turn = Turn(observation=state.observation, response=completion.text, action=action,
                     completion_ids=list(completion.token_ids), logprobs=list(completion.logprobs),
                     reward=float(result.reward), penalty=penalty, done=bool(result.done), info=dict(result.info),
@@ -285,6 +295,7 @@ class SearchTree:
     best_return: float = -math.inf
     best_turns: list[Turn] | None = None
     best_state: Conversation | None = None
+    error: str | None = None         # "cause: last traceback line" when the environment failed this tree's search
 
     def mark_chosen(self, start: Node | None = None) -> list[Node]:
         """Mark the most visited path from `start` (default the root), ties by blended value; return it."""
@@ -311,7 +322,7 @@ class SearchTree:
 
         return {"task": self.task, "seed": self.seed, "nodes": self.nodes, "simulations": self.simulations,
                 "expansions": self.expansions, "env_steps": self.env_steps, "best_return": self.best_return,
-                "critic_unread": self.critic_unread, "root": node_json(self.root)}
+                "critic_unread": self.critic_unread, "error": self.error, "root": node_json(self.root)}
 
     def episode(self, env_name: str, context: str, group_id: Any, turns: list[Turn],
                 state: Conversation) -> Episode:
@@ -328,7 +339,7 @@ class TreeSearch:
                  critic: Any = None, max_context_tokens: int | None = None):
         self.policy, self.config = policy, config
         self.stepper = Stepper(policy.tokenizer, builder or PromptBuilder(), config.context, config.max_turns,
-                               config.invalid_penalty, max_context_tokens, policy.max_new_tokens)
+                               config.invalid_penalty, max_context_tokens, policy.max_new_tokens, config.step_timeout)
         if critic is None and config.uses_critic:   # the paper's critic: the same model, here greedy
             critic = Policy(policy.model, policy.tokenizer, temperature=0.0, max_new_tokens=config.critic_max_new_tokens,
                             stop_strings=CRITIC_STOP, device=policy.device)
@@ -336,9 +347,34 @@ class TreeSearch:
         self.rank_value = RANK_VALUES[config.rank_value]
 
     def new_tree(self, env: Environment, task, seed) -> SearchTree:
-        observation = env.reset(task=task, seed=seed)
-        state = self.stepper.start(env, observation)
-        return SearchTree(task, seed, Node(0, None, None, None, state, env.snapshot()), env, self.config.alpha)
+        """The root of a task's tree; an environment that fails its reset gives a failed tree (`error` set, nothing
+        to search), not an exception."""
+        try:
+            observation = checked_observation(call_env("reset", env.reset, task, seed, timeout=self.config.step_timeout))
+            state = self.stepper.start(env, observation)
+            snapshot = self.env_call(env.snapshot)
+        except EnvFailure as failure:
+            dead = Conversation("", "", stop_reason="failed")
+            return SearchTree(task, seed, Node(0, None, None, None, dead, None), env, self.config.alpha,
+                              error=str(failure))
+        return SearchTree(task, seed, Node(0, None, None, None, state, snapshot), env, self.config.alpha)
+
+    def env_call(self, fn: Callable, *args):
+        """An environment's snapshot or restore, its failures turned into `EnvFailure` (cause "step")."""
+        return call_env("step", fn, *args, timeout=self.config.step_timeout)
+
+    @staticmethod
+    def guarded(tree: SearchTree, search: Generator[Request, list[Completion], Any]
+                ) -> Generator[Request, list[Completion], Any]:
+        """`search` of `tree`, with an environment failure ending this tree's search only (`tree.error` set; the
+        result is None); the other trees driven beside it go on."""
+        if tree.error is not None:
+            return None
+        try:
+            return (yield from search)
+        except EnvFailure as failure:
+            tree.error = str(failure)
+            return None
 
     # --- one simulation ---------------------------------------------------------------------------------
 
@@ -386,7 +422,7 @@ class TreeSearch:
         env, found = tree.env, {}
         for _ in range(self.config.expansion_rounds):
             missing = self.config.branching - len(found)
-            env.restore(leaf.snapshot)    # a request's environments are in its prompts' state (scripted policies)
+            self.env_call(env.restore, leaf.snapshot)   # a request's environments are in its prompts' state
             completions = yield Request(self.policy, [leaf.state.prompt] * missing, [env] * missing)
             for completion in completions:
                 found.setdefault(action_key(env, completion.text), completion)
@@ -395,10 +431,10 @@ class TreeSearch:
         # Listed by the policy's mean token log-prob: the critic's fallback order is the policy's preference.
         ordered = sorted(found.items(), key=lambda kv: -sum(kv[1].logprobs) / max(len(kv[1].logprobs), 1))
         for key, completion in ordered:
-            env.restore(leaf.snapshot)
+            self.env_call(env.restore, leaf.snapshot)
             turn, state = self.stepper.take_turn(env, leaf.state, completion)
             tree.env_steps += 1
-            child = Node(tree.nodes, leaf, turn, key, state, None if state.stop_reason else env.snapshot())
+            child = Node(tree.nodes, leaf, turn, key, state, None if state.stop_reason else self.env_call(env.snapshot))
             tree.nodes += 1
             leaf.children.append(child)
             if child.terminal:
@@ -432,7 +468,7 @@ class TreeSearch:
     def rollout(self, tree: SearchTree, node: Node) -> Generator[Request, list[Completion], float]:
         """Play the policy from `node` to the end or the depth limit; the rewards collected after `node`."""
         env = tree.env
-        env.restore(node.snapshot)
+        self.env_call(env.restore, node.snapshot)
         state, turns, collected = node.state, [], 0.0
         while not state.stop_reason:
             [completion] = yield Request(self.policy, [state.prompt], [env])
@@ -521,10 +557,13 @@ def search_tasks(policy: Policy, env_name: str, tasks: list, config: SearchConfi
     trees: list[SearchTree] = []
     for start in range(0, len(tasks), batch_size):
         chunk = [search.new_tree(env, task, seed) for env, task in zip(envs, tasks[start: start + batch_size])]
-        drive([search.grow(tree) for tree in chunk], generator=generator, batching=config.batching)
-        for tree in chunk:
+        drive([search.guarded(tree, search.grow(tree)) for tree in chunk], generator=generator,
+              batching=config.batching)
+        for i, tree in enumerate(chunk):
             tree.mark_chosen()
             tree.env = None   # the environment goes on to the next chunk; the tree keeps its snapshots
+            if tree.error is not None:   # a failed (perhaps still busy) environment is not used again
+                envs[i] = _replace_env(envs[i], env_name, env_kwargs)
         trees += chunk
         if progress is not None:
             progress({"tasks": len(trees), "of": len(tasks)})
@@ -534,9 +573,10 @@ def search_tasks(policy: Policy, env_name: str, tasks: list, config: SearchConfi
 
 
 def best_episodes(trees: list[SearchTree], env_name: str, context: str) -> list[Episode]:
-    """The best complete trajectory of each tree as an Episode (group ids 0..n-1 in task order)."""
+    """The best complete trajectory of each tree as an Episode (group ids 0..n-1 in task order); a tree whose
+    environment failed gives none."""
     return [tree.episode(env_name, context, g, tree.best_turns, tree.best_state)
-            for g, tree in enumerate(trees) if tree.best_turns]
+            for g, tree in enumerate(trees) if tree.best_turns and tree.error is None]
 
 
 def act_by_search(policy: Policy, env_name: str, tasks: list, config: SearchConfig, *,
@@ -565,11 +605,25 @@ def act_by_search(policy: Policy, env_name: str, tasks: list, config: SearchConf
         chunk = [search.new_tree(env, task, seed) for env, task in zip(envs, tasks[start: start + batch_size])]
         for tree in chunk:
             tree.root.chosen = True
-        ends = drive([act(tree) for tree in chunk], generator=generator, batching=config.batching)
+        ends = drive([search.guarded(tree, act(tree)) for tree in chunk], generator=generator,
+                     batching=config.batching)
         for offset, (tree, end) in enumerate(zip(chunk, ends)):
-            episodes.append(tree.episode(env_name, config.context, start + offset, end.turns(), end.state))
+            if tree.error is None:
+                episodes.append(tree.episode(env_name, config.context, start + offset, end.turns(), end.state))
+            else:   # recorded as failed with its error, as `turnrl eval` records a failed episode
+                failed = tree.episode(env_name, config.context, start + offset, [], tree.root.state)
+                failed.stop_reason, failed.error = "failed", tree.error
+                episodes.append(failed)
+                envs[offset] = _replace_env(envs[offset], env_name, env_kwargs)
             tree.env = None
         trees += chunk
     for env in envs:
         env.close()
     return episodes, trees
+
+
+def _replace_env(env: Environment, env_name: str, env_kwargs: dict | None) -> Environment:
+    """A fresh environment in place of one that failed (closed if it lets itself be)."""
+    with contextlib.suppress(EnvFailure):   # a failed environment may fail to close too; it is dropped either way
+        call_env("step", env.close)
+    return make_env(env_name, **(env_kwargs or {}))

@@ -28,11 +28,14 @@ def _nodes(root: Node):
 
 def preference_pairs(trees: list[SearchTree], tokenizer, *, threshold: float = DEFAULT_THRESHOLD,
                      min_visits: int = 1, temperature: float = 1.0) -> list[dict]:
-    """Every sibling pair with |ΔQ| > `threshold`, as dataset rows (see the module docstring)."""
+    """Every sibling pair with |ΔQ| > `threshold`, as dataset rows (see the module docstring); trees whose
+    environment failed (`SearchTree.error`) give none."""
     if threshold < 0 or min_visits < 0:
         raise ValueError(f"preference_pairs: threshold and min_visits must be >= 0 (got {threshold}, {min_visits})")
     rows = []
     for tree in trees:
+        if tree.error is not None:   # a search its environment failed gives no data
+            continue
         for node in _nodes(tree.root):
             explored = [child for child in node.children if child.visits >= min_visits]
             for i, first in enumerate(explored):
@@ -49,6 +52,8 @@ def sibling_pair_count(trees: list[SearchTree], *, min_visits: int = 1) -> int:
     """How many sibling pairs of explored children the trees hold (the denominator of the share with |ΔQ| > θ)."""
     total = 0
     for tree in trees:
+        if tree.error is not None:
+            continue
         for node in _nodes(tree.root):
             n = sum(child.visits >= min_visits for child in node.children)
             total += n * (n - 1) // 2
