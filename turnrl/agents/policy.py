@@ -233,12 +233,13 @@ class Policy:
                              use_cache=True, **({cache_kwarg: past} if past is not None else {}))
             past = getattr(out, "cache", None) or out.past_key_values
             next_tokens, next_logprobs = self._sample(out.logits[:, -1].float(), generator)
+            step_tokens, step_logprobs = next_tokens.tolist(), next_logprobs.tolist()   # one conversion per step
             for row in range(batch):
                 if finished[row]:
                     continue
-                token = int(next_tokens[row])
+                token = step_tokens[row]
                 tokens[row].append(token)
-                logprobs[row].append(float(next_logprobs[row]))
+                logprobs[row].append(step_logprobs[row])
                 if token in self.eos_ids:
                     finished[row] = ended_with_eos[row] = True
                 elif stops[row] and self._hit_stop_string(tokens[row], stops[row]):

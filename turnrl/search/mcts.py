@@ -79,8 +79,8 @@ class SearchConfig:
     invalid_penalty: float = 0.1    # recorded in Turn.penalty, as rollouts do; not part of Q
     critic_max_new_tokens: int = 16
     batching: str = "all"           # all (across nodes, rollouts and tasks), request or row (baselines)
-    step_timeout: float | None = 300.0   # seconds an environment's reset, step, snapshot or restore may take (None:
-                                         # no limit); a failure there ends its own tree's search, not the others'
+    step_timeout: float | None = 300.0   # seconds an environment's reset or step may take (None: no limit); a
+                                         # failure there (or in snapshot/restore) ends its own tree's search only
 
     def __post_init__(self):
         problems = []
@@ -359,9 +359,11 @@ class TreeSearch:
                               error=str(failure))
         return SearchTree(task, seed, Node(0, None, None, None, state, snapshot), env, self.config.alpha)
 
-    def env_call(self, fn: Callable, *args):
-        """An environment's snapshot or restore, its failures turned into `EnvFailure` (cause "step")."""
-        return call_env("step", fn, *args, timeout=self.config.step_timeout)
+    @staticmethod
+    def env_call(fn: Callable, *args):
+        """An environment's snapshot or restore, its failures turned into `EnvFailure` (cause "step"); run in
+        place, without step_timeout's worker thread (a copy of state, called three times per simulated turn)."""
+        return call_env("step", fn, *args)
 
     @staticmethod
     def guarded(tree: SearchTree, search: Generator[Request, list[Completion], Any]
