@@ -1,5 +1,6 @@
-"""A run killed with SIGKILL mid-iteration resumes from its last checkpoint to the same final weights, bit for
-bit, as an uninterrupted run, and metrics.jsonl holds each iteration exactly once."""
+"""A run killed with SIGKILL mid-iteration, or in the middle of writing a checkpoint, resumes from its last intact
+checkpoint to the same final weights, bit for bit, as an uninterrupted run, and metrics.jsonl holds each iteration
+exactly once."""
 
 from __future__ import annotations
 
@@ -52,3 +53,49 @@ def test_sigkill_mid_iteration_resumes_bit_identically(tmp_path, nudged_tiny):
         assert torch.equal(a[name], b[name]), name
     ca, cb = torch.load(whole / "final" / "critic.pt"), torch.load(killed / "final" / "critic.pt")
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
+
+
+# The run of the checkpoint-write test: the CLI with write_manifest held up at iteration 3's checkpoint, after the
+# model and trainer state are in the temporary folder and before the manifest (which makes it a checkpoint) exists.
+_HELD_WRITE = """
+import sys, time, pathlib
+import turnrl.algorithms.trainer as trainer
+from turnrl.cli import main
+original, marker = trainer.write_manifest, pathlib.Path(sys.argv[1])
+def held(folder):
+    if folder.name.startswith("iter-000003"):
+        state = folder / "trainer_state.pt"
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])   # and one file half written
+        marker.write_text(str(folder))
+        time.sleep(120)
+    original(folder)
+trainer.write_manifest = held
+sys.argv = ["turnrl", *sys.argv[2:]]
+sys.exit(main())
+"""
+
+
+def test_sigkill_mid_checkpoint_write_resumes_bit_identically(tmp_path, nudged_tiny):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = tmp_path / "whole"
+    subprocess.run(_command(nudged_tiny, whole), check=True, capture_output=True, env=env, timeout=600)
+    killed, marker = tmp_path / "killed", tmp_path / "writing"
+    process = subprocess.Popen([sys.executable, "-c", _HELD_WRITE, str(marker), *_command(nudged_tiny, killed)[3:]],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not marker.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), "the run never reached iteration 3's checkpoint"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = killed / "checkpoints" / "iter-000003.tmp"
+    assert partial.is_dir() and not (partial / "manifest.json").exists()   # killed mid-write
+    assert _iterations(killed) == [1, 2, 3]   # iteration 3 was logged before its checkpoint
+    result = subprocess.run(_command(nudged_tiny, killed, "--resume"), check=True, capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert "after iteration 2" in result.stdout
+    assert _iterations(killed) == [1, 2, 3, 4, 5]
+    a, b = load_file(str(whole / "final" / "model.safetensors")), load_file(str(killed / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
