@@ -251,11 +251,19 @@ class Trainer:
         self.config = config
         # No buffer broadcast in DDP's forward: the buffers (rotary frequencies) are the same everywhere, and a
         # broadcast would be a collective in every forward, while processes run different numbers of micro-batches.
-        tracker = {}
+        tracker, self.tracker_env = {}, {}
         if config.report_to != "none":   # offline by default; the files go to the run folder
-            os.environ.setdefault("WANDB_MODE", "offline")
-            os.environ.setdefault("MLFLOW_TRACKING_URI", (Path(config.output_dir) / "mlruns").resolve().as_uri())
-            tracker = {"log_with": config.report_to, "project_dir": str(Path(config.output_dir) / "trackers")}
+            trackers_dir = (Path(config.output_dir) / "trackers").resolve()
+            # Each package's switches, for this run only (train() removes them at the end) and only where the user has
+            # not set them. trackio reads TRACKIO_DIR once, at import: a second trackio run in a process logs beside the
+            # first. MLflow 3 refuses a file store; a SQLite file is its local backend.
+            defaults = {"wandb": {"WANDB_MODE": "offline", "WANDB_DIR": str(trackers_dir)},
+                        "trackio": {"TRACKIO_DIR": str(trackers_dir / "trackio")},
+                        "mlflow": {"MLFLOW_TRACKING_URI": f"sqlite:///{trackers_dir / 'mlflow.db'}",
+                                   "MLFLOW_DISABLE_TELEMETRY": "true"}}.get(config.report_to, {})
+            self.tracker_env = {k: v for k, v in defaults.items() if k not in os.environ}
+            os.environ.update(self.tracker_env)
+            tracker = {"log_with": config.report_to, "project_dir": str(trackers_dir)}
         self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
                                        **tracker)
         self.progress = progress and self.accelerator.is_main_process
@@ -1159,8 +1167,12 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if config.eval_episodes and "after_rl" in config.eval_phases and "after_rl" not in evals:
         record("after_rl")
     if config.report_to != "none":
-        acc.log({f"eval_{phase}_success_rate": e["success_rate"] for phase, e in evals.items()}, step=config.iterations)
+        if evals:   # an empty log would be an empty row at the last step in trackio; MLflow refuses "@" in a name
+            acc.log({f"eval_{phase.replace('@', ':')}_success_rate": e["success_rate"] for phase, e in evals.items()},
+                    step=config.iterations)
         acc.end_training()
+        for key in trainer.tracker_env:
+            os.environ.pop(key, None)
     if acc.is_main_process:
         save_model(acc.unwrap_model(trainer.model), trainer.tokenizer, run_dir / "final", config.model)
         if trainer.critic is not None:   # the value head or value model, beside the policy
