@@ -407,3 +407,18 @@ def test_log_ratio_clamp_and_the_defaults_window_in_the_shared_dual_clip_loss():
     # A > 0: min(r, clip(r)) -> 0.2 and 4.0; A < 0 with r = 5: bounded by c = 3; r = 2 inside the window.
     assert loss.tolist() == pytest.approx([-0.2, -4.0, 3.0, 2.0])
     assert clipped.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_the_sequence_log_ratio_is_clamped_after_it_is_summed():
+    """The authors clamp the sequence's log ratio, not each token's: 30 tokens of log ratio 1 sum to 30 > 20."""
+    from turnrl.algorithms.trainer import alp_log_ratio
+
+    log_ratio = torch.ones(1, 32, requires_grad=True)
+    mask = torch.ones(1, 32)
+    mask[0, :2] = 0
+    value = alp_log_ratio("sequence")(log_ratio, None, mask)
+    assert torch.equal(value, torch.cat([torch.zeros(2), torch.full((30,), 20.0)]).view(1, 32))
+    value.sum().backward()
+    assert torch.equal(log_ratio.grad, torch.zeros(1, 32))   # clamped: no gradient, as torch.clamp gives
+    small = (torch.full((1, 4), 0.1, requires_grad=True), torch.ones(1, 4))
+    assert torch.allclose(alp_log_ratio("sequence")(small[0], None, small[1]), torch.full((1, 4), 0.4))

@@ -6,7 +6,7 @@ reference (the LoRA adapter switched off, or a frozen copy of the starting weigh
 
 Built on accelerate: one CPU process by default, `accelerate launch -m turnrl.cli train ...` for
 several processes. Each process rolls out whole groups (tasks are dealt round-robin), computes
-advantages for its own groups, and accelerate synchronises gradients.
+advantages for its own groups, and the trainer averages the gradients over processes itself (`Trainer.sync_gradients`).
 """
 
 from __future__ import annotations
@@ -127,11 +127,12 @@ def ratio_tail(ratios: torch.Tensor) -> dict[str, float]:
 
 
 def alp_log_ratio(level: str):
-    """ALP's log ratio of the perturbed policy over the behaviour policy, clamped against overflow: at sequence
-    level its value comes from the sequence and its gradient token-wise (Seq-ALP); token and turn as elsewhere."""
+    """ALP's log ratio of the perturbed policy over the behaviour policy: at sequence level its value comes from the
+    sequence and its gradient token-wise (Seq-ALP); token and turn as elsewhere. Clamped against overflow after it
+    is formed, as the authors clamp (the sum over a sequence's tokens is what could overflow exp)."""
     if level == "sequence":
-        return lambda log_ratio, turn_index, mask: sequence_token_log_ratio(clamp_log_ratio(log_ratio), mask)
-    return lambda log_ratio, turn_index, mask: RATIO_LEVELS[level](clamp_log_ratio(log_ratio), turn_index, mask)
+        return lambda log_ratio, turn_index, mask: clamp_log_ratio(sequence_token_log_ratio(log_ratio, mask))
+    return lambda log_ratio, turn_index, mask: clamp_log_ratio(RATIO_LEVELS[level](log_ratio, turn_index, mask))
 
 
 def _turn_count(sample: Sample) -> int:
