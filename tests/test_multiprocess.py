@@ -59,3 +59,17 @@ def test_two_processes_equal_one(tmp_path, nudged_tiny):
     assert w1.keys() == w2.keys()
     for name in w1:
         assert torch.allclose(w1[name], w2[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("switch, name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_a_sharded_launch_is_refused_before_any_work(tmp_path, monkeypatch, switch, name):
+    """`accelerate launch` with an FSDP or DeepSpeed config sets these; on a CPU accelerate would quietly run plain
+    data parallelism instead, so the trainer refuses them itself, before loading a model."""
+    from turnrl.algorithms.config import load_config
+    from turnrl.algorithms.trainer import RunError, train
+
+    monkeypatch.setenv(switch, "true")
+    config = load_config(None, {"env": "lights", "model": "/nonexistent/model", "output_dir": str(tmp_path / "run")})
+    with pytest.raises(RunError, match=rf"{name} is not supported by turnrl's trainer .*configs/accelerate/ddp.yaml"):
+        train(config, progress=False)
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -265,6 +265,7 @@ class Trainer:
             self.tracker_env = {k: v for k, v in defaults.items() if k not in os.environ}
             os.environ.update(self.tracker_env)
             tracker = {"log_with": config.report_to, "project_dir": str(trackers_dir)}
+        refuse_sharding()   # before any accelerator or model: a sharded launch would silently train something else
         self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
                                        **tracker)
         self.progress = progress and self.accelerator.is_main_process
@@ -903,6 +904,22 @@ def _set_rng_states(states: dict) -> None:
 
 
 FAILURE_CAUSES = ("reset", "step", "malformed", "timeout")   # why an environment failed an episode
+
+
+SHARDING_SWITCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+                     "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}   # what `accelerate launch` sets for a sharded config
+
+
+def refuse_sharding() -> None:
+    """Refuse an FSDP, DeepSpeed or Megatron-LM launch. The trainer generates with, and runs forward and backward
+    on, the whole model on every process and averages the gradients itself (`Trainer.sync_gradients`), so sharded
+    parameters would break it; and on a CPU accelerate falls back to plain data parallelism without a word."""
+    for switch, name in SHARDING_SWITCHES.items():
+        if os.environ.get(switch, "").strip().lower() in ("1", "true", "yes", "y", "on"):
+            raise RunError(f"{name} is not supported by turnrl's trainer ({switch} is set by the accelerate config): "
+                           "every process keeps the whole model, generates with it and averages the gradients "
+                           "itself. Launch with a data-parallel config instead (configs/accelerate/ddp.yaml); "
+                           "docs/guides/scale-to-several-gpus.md says what sharding would need")
 
 
 class RunError(RuntimeError):
