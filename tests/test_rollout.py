@@ -467,3 +467,24 @@ def test_policy_stops_at_the_envs_stop_strings(tiny):
     policy = Policy(*tiny, max_new_tokens=4)
     assert policy._stop_strings_for(_Quiz()) == ("</ask>", "</answer>")
     assert policy._stop_strings_for(make_env("lights")) == ("</action>",)
+
+
+def test_shared_prefill_of_identical_prompts_changes_nothing():
+    """Identical prompts prefilled once (a search node's K proposals) sample what separately prefilled rows
+    sample: the same tokens greedily, the same log-probs to float rounding."""
+    from turnrl.agents.models import load_model
+    from turnrl.agents.policy import Policy
+
+    model, tokenizer = load_model("tiny")
+    policy = Policy(model, tokenizer, temperature=0.0, max_new_tokens=6)
+    a, b = tokenizer("a lamp is off")["input_ids"], tokenizer("two lamps are on, one is off")["input_ids"]
+    prompts = [a, b, a, a, b]
+    plain = policy.generate(prompts)
+    shared = policy.generate(prompts, share_prefill=True)
+    assert [c.token_ids for c in shared] == [c.token_ids for c in plain]
+    for x, y in zip(shared, plain):
+        assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
+    sampled = Policy(model, tokenizer, temperature=1.0, max_new_tokens=6)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+    assert [c.token_ids for c in sampled.generate(prompts, generator=gens(), share_prefill=True)] == \
+        [c.token_ids for c in sampled.generate(prompts, generator=gens())]

@@ -201,18 +201,23 @@ class Policy:
         return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], *, generator=None,
-                 envs: list | None = None, cache: TurnCache | None = None) -> list[Completion]:
+    def generate(self, prompts: list[list[int]], *, generator=None, envs: list | None = None,
+                 cache: TurnCache | None = None, share_prefill: bool = False) -> list[Completion]:
         """Sample one completion for each prompt (token ids), all in one batch; `generator` is one
         torch.Generator or one per prompt. `envs` (one per prompt,
         optional) supply per-row `stop_strings`; they also let a scripted policy such as `ExpertPolicy`
         stand in for a model. `cache` (optional, for conversations that only grow): row r of the cache
         holds a prefix of prompt r, only the rest is prefilled, and the cache is left holding each
-        conversation with its completion for the next turn."""
+        conversation with its completion for the next turn. `share_prefill` (without `cache`): identical prompts
+        (a tree search's K proposals from one node) are prefilled once and their KV cache copied to each row;
+        every row then samples on its own."""
         if not prompts:
             return []
         batch = len(prompts)
-        if cache is not None and cache.past is not None:
+        prefilled = None   # the last-position logits of every row when the prompts were prefilled here
+        if share_prefill and cache is None and len({tuple(p) for p in prompts}) < batch:
+            ids, mask, positions, past, prefilled = self._prefill_shared(prompts)
+        elif cache is not None and cache.past is not None:
             ids, mask, positions = self._extend_cached(prompts, cache)
             past = cache.past
         else:
@@ -228,11 +233,15 @@ class Policy:
         cache_kwarg = _cache_argument(self.model)
         step_ids, step_positions = ids, positions
         prefill_columns = mask.shape[1]
-        for _ in range(self.max_new_tokens):
-            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
-                             use_cache=True, **({cache_kwarg: past} if past is not None else {}))
-            past = getattr(out, "cache", None) or out.past_key_values
-            next_tokens, next_logprobs = self._sample(out.logits[:, -1].float(), generator)
+        for step in range(self.max_new_tokens):
+            if step == 0 and prefilled is not None:
+                logits = prefilled
+            else:
+                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
+                                 use_cache=True, **({cache_kwarg: past} if past is not None else {}))
+                past = getattr(out, "cache", None) or out.past_key_values
+                logits = out.logits[:, -1]
+            next_tokens, next_logprobs = self._sample(logits.float(), generator)
             step_tokens, step_logprobs = next_tokens.tolist(), next_logprobs.tolist()   # one conversion per step
             for row in range(batch):
                 if finished[row]:
@@ -257,6 +266,19 @@ class Policy:
             text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
             completions.append(Completion(tokens[row], logprobs[row], text, ended_with_eos[row]))
         return completions
+
+    def _prefill_shared(self, prompts: list[list[int]]):
+        """Prefill each distinct prompt once and give every row the KV cache, mask, positions and last logits of
+        its prompt: (ids, mask, positions, cache, logits), one row per prompt."""
+        first: dict[tuple, int] = {}
+        rows = torch.tensor([first.setdefault(tuple(p), len(first)) for p in prompts], device=self.device)
+        ids, mask = pad_left([list(p) for p in first], self.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = positions_from_mask(mask)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        past = getattr(out, "cache", None) or out.past_key_values
+        past.batch_select_indices(rows)
+        return ids[rows], mask[rows], positions[rows], past, out.logits[:, -1][rows]
 
     def _extend_cached(self, prompts: list[list[int]], cache: TurnCache):
         """The new segments of prompts whose prefixes the cache holds, left-padded into one block after

@@ -515,7 +515,7 @@ def drive(searches: Iterable[Generator[Request, list[Completion], Any]], *, gene
                 policy = pending[indices[0]].policy
                 prompts = [p for i in indices for p in pending[i].prompts]
                 envs = [e for i in indices for e in (pending[i].envs or [None] * len(pending[i].prompts))]
-                completions = policy.generate(prompts, generator=generator, envs=envs)
+                completions = policy.generate(prompts, generator=generator, envs=envs, **_shared(policy))
                 start = 0
                 for i in indices:
                     n = len(pending[i].prompts)
@@ -524,7 +524,8 @@ def drive(searches: Iterable[Generator[Request, list[Completion], Any]], *, gene
             for i, request in pending.items():
                 envs = request.envs or [None] * len(request.prompts)
                 if batching == "request":
-                    answers[i] = request.policy.generate(request.prompts, generator=generator, envs=envs)
+                    answers[i] = request.policy.generate(request.prompts, generator=generator, envs=envs,
+                                                         **_shared(request.policy))
                 else:
                     answers[i] = [c for p, e in zip(request.prompts, envs)
                                   for c in request.policy.generate([p], generator=generator, envs=[e])]
@@ -534,6 +535,12 @@ def drive(searches: Iterable[Generator[Request, list[Completion], Any]], *, gene
         if on_round is not None:
             on_round(rounds)
     return results
+
+
+def _shared(policy) -> dict:
+    """A model policy prefills a node's K identical proposal prompts once (`Policy.generate(share_prefill=True)`);
+    scripted policies take no such argument."""
+    return {"share_prefill": True} if isinstance(policy, Policy) else {}
 
 
 def _advance(searches, i, completions, pending, results) -> None:
