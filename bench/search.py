@@ -10,7 +10,8 @@ calls each (ALFWorld, which replays, over a tenth of them); the median per call,
 Expansion rate: `search_tasks` on `lights` (window:2 context, α = 1, so every generate call is a proposal or a
 rollout turn) with `--tasks` trees searched together, once per `SearchConfig.batching` mode: `all` (one generate
 call per round for every tree's requests), `request` (one call per node expansion or rollout turn: one node at a
-time) and `row` (one call per generated response). The same seed gives the same trees in every mode; the rate is
+time) and `row` (one call per generated response). Each tree samples from its own generator, so the modes grow the
+same trees (up to float rounding of the batched forward: a flipped sample changes a tree); the rate is
 expansions / wall seconds. The last line printed is a JSON object of the numbers.
 """
 

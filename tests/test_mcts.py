@@ -4,6 +4,7 @@ trainer's format; batching that changes nothing but the number of generate calls
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -435,3 +436,24 @@ def test_acting_by_search_records_a_failed_episode_and_goes_on(tokenizer, flaky_
     assert not episodes[0].failed and episodes[0].turns and episodes[0].stop_reason in ("done", "max_turns")
     assert episodes[1].failed and episodes[1].error.startswith("step: RuntimeError: tool crashed")
     assert trees[1].error == episodes[1].error
+
+
+def test_a_tree_does_not_depend_on_the_trees_beside_it_or_the_batching(tokenizer):
+    """Each tree samples from its own generator (seed, task number): the tiny model's trees are the same searched
+    4 together, one at a time, or served one node or one row at a time."""
+    from turnrl.agents.policy import Policy
+
+    model, _ = load_model("tiny")
+    policy = Policy(model, tokenizer, temperature=1.0, max_new_tokens=8)
+
+    def shape(trees):
+        return [json.dumps(t.to_json(), sort_keys=True, default=str) for t in trees]
+
+    base = {"simulations": 3, "branching": 2, "alpha": 1.0, "max_turns": 2, "context": "window:2"}
+    together = search_tasks(policy, "lights", [0, 1, 2, 3], SearchConfig(**base), batch_size=4)
+    alone = search_tasks(policy, "lights", [0, 1, 2, 3], SearchConfig(**base), batch_size=1)
+    by_node = search_tasks(policy, "lights", [0, 1, 2, 3], SearchConfig(**base, batching="request"), batch_size=4)
+    by_row = search_tasks(policy, "lights", [0, 1, 2, 3], SearchConfig(**base, batching="row"), batch_size=4)
+    assert shape(together) == shape(alone) == shape(by_node) == shape(by_row)
+    other_seed = search_tasks(policy, "lights", [0, 1, 2, 3], SearchConfig(**base), batch_size=4, seed=1)
+    assert shape(other_seed) != shape(together)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import math
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
@@ -275,6 +276,7 @@ class Request:
     policy: Any
     prompts: list[list[int]]
     envs: list | None = None
+    generators: list | None = None   # one sampling generator per prompt (its tree's), else drive's shared one
 
 
 @dataclass
@@ -296,6 +298,7 @@ class SearchTree:
     best_turns: list[Turn] | None = None
     best_state: Conversation | None = None
     error: str | None = None         # "cause: last traceback line" when the environment failed this tree's search
+    generator: torch.Generator | None = None   # this tree's sampling: its search does not depend on its batch
 
     def mark_chosen(self, start: Node | None = None) -> list[Node]:
         """Mark the most visited path from `start` (default the root), ties by blended value; return it."""
@@ -425,7 +428,8 @@ class TreeSearch:
         for _ in range(self.config.expansion_rounds):
             missing = self.config.branching - len(found)
             self.env_call(env.restore, leaf.snapshot)   # a request's environments are in its prompts' state
-            completions = yield Request(self.policy, [leaf.state.prompt] * missing, [env] * missing)
+            completions = yield Request(self.policy, [leaf.state.prompt] * missing, [env] * missing,
+                                        [tree.generator] * missing if tree.generator is not None else None)
             for completion in completions:
                 found.setdefault(action_key(env, completion.text), completion)
             if len(found) >= self.config.branching:
@@ -473,7 +477,8 @@ class TreeSearch:
         self.env_call(env.restore, node.snapshot)
         state, turns, collected = node.state, [], 0.0
         while not state.stop_reason:
-            [completion] = yield Request(self.policy, [state.prompt], [env])
+            [completion] = yield Request(self.policy, [state.prompt], [env],
+                                         [tree.generator] if tree.generator is not None else None)
             turn, state = self.stepper.take_turn(env, state, completion)
             tree.env_steps += 1
             turns.append(turn)
@@ -515,7 +520,8 @@ def drive(searches: Iterable[Generator[Request, list[Completion], Any]], *, gene
                 policy = pending[indices[0]].policy
                 prompts = [p for i in indices for p in pending[i].prompts]
                 envs = [e for i in indices for e in (pending[i].envs or [None] * len(pending[i].prompts))]
-                completions = policy.generate(prompts, generator=generator, envs=envs, **_shared(policy))
+                completions = policy.generate(prompts, generator=_generators([pending[i] for i in indices], generator),
+                                              envs=envs, **_shared(policy))
                 start = 0
                 for i in indices:
                     n = len(pending[i].prompts)
@@ -524,17 +530,34 @@ def drive(searches: Iterable[Generator[Request, list[Completion], Any]], *, gene
             for i, request in pending.items():
                 envs = request.envs or [None] * len(request.prompts)
                 if batching == "request":
-                    answers[i] = request.policy.generate(request.prompts, generator=generator, envs=envs,
-                                                         **_shared(request.policy))
+                    answers[i] = request.policy.generate(request.prompts, generator=_generators([request], generator),
+                                                         envs=envs, **_shared(request.policy))
                 else:
-                    answers[i] = [c for p, e in zip(request.prompts, envs)
-                                  for c in request.policy.generate([p], generator=generator, envs=[e])]
+                    rows = request.generators or [None] * len(request.prompts)
+                    answers[i] = [c for p, e, g in zip(request.prompts, envs, rows)
+                                  for c in request.policy.generate([p], generator=[g] if g is not None else generator,
+                                                                   envs=[e])]
         for i, completions in answers.items():
             _advance(searches, i, completions, pending, results)
         rounds += 1
         if on_round is not None:
             on_round(rounds)
     return results
+
+
+def _generators(requests: list[Request], shared):
+    """The per-row generators of these requests when every one has them (each tree samples from its own), else
+    the shared generator."""
+    if all(request.generators is not None for request in requests):
+        return [g for request in requests for g in request.generators]
+    return shared
+
+
+def tree_generator(seed: int, index: int, device) -> torch.Generator:
+    """The sampling generator of the search of task number `index` (in the task list) under `seed`: the same
+    whichever trees are searched beside it and however generation is batched."""
+    key = hashlib.sha256(f"search-{seed}-{index}".encode()).hexdigest()[:15]
+    return torch.Generator(device=device).manual_seed(int(key, 16))
 
 
 def _shared(policy) -> dict:
@@ -559,13 +582,17 @@ def search_tasks(policy: Policy, env_name: str, tasks: list, config: SearchConfi
                  generator: torch.Generator | None = None,
                  progress: Callable[[dict], None] | None = None) -> list[SearchTree]:
     """Grow one tree per task (`config.simulations` simulations each), `batch_size` trees at a time with their
-    generation batched together; every tree has its chosen path marked."""
+    generation batched together; every tree has its chosen path marked. Each tree samples from its own generator
+    (`tree_generator`: seed and task number), so a tree does not depend on `batch_size` or `config.batching`;
+    `generator` serves requests without one (none of the search's own)."""
     search = TreeSearch(policy, config, builder=builder, critic=critic)
     generator = generator or torch.Generator(device=policy.device).manual_seed(seed)
     envs = [make_env(env_name, **(env_kwargs or {})) for _ in range(min(batch_size, len(tasks)))]
     trees: list[SearchTree] = []
     for start in range(0, len(tasks), batch_size):
         chunk = [search.new_tree(env, task, seed) for env, task in zip(envs, tasks[start: start + batch_size])]
+        for offset, tree in enumerate(chunk):
+            tree.generator = tree_generator(seed, start + offset, policy.device)
         drive([search.guarded(tree, search.grow(tree)) for tree in chunk], generator=generator,
               batching=config.batching)
         for i, tree in enumerate(chunk):
@@ -612,8 +639,9 @@ def act_by_search(policy: Policy, env_name: str, tasks: list, config: SearchConf
     episodes, trees = [], []
     for start in range(0, len(tasks), batch_size):
         chunk = [search.new_tree(env, task, seed) for env, task in zip(envs, tasks[start: start + batch_size])]
-        for tree in chunk:
+        for offset, tree in enumerate(chunk):
             tree.root.chosen = True
+            tree.generator = tree_generator(seed, start + offset, policy.device)
         ends = drive([search.guarded(tree, act(tree)) for tree in chunk], generator=generator,
                      batching=config.batching)
         for offset, (tree, end) in enumerate(zip(chunk, ends)):
