@@ -488,3 +488,17 @@ def test_shared_prefill_of_identical_prompts_changes_nothing():
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(prompts))]
     assert [c.token_ids for c in sampled.generate(prompts, generator=gens(), share_prefill=True)] == \
         [c.token_ids for c in sampled.generate(prompts, generator=gens())]
+
+
+def test_behaviour_cloning_checkpoints_activations_only_for_long_demonstrations():
+    from datasets import Dataset
+
+    from turnrl.algorithms.sft import needs_checkpointing
+
+    def demos(*lengths):
+        return Dataset.from_dict({"input_ids": [[1] * n for n in lengths], "labels": [[1] * n for n in lengths]})
+
+    assert not needs_checkpointing(demos(436, 727), 4)            # search-QA: the quickstart's warm start
+    assert not needs_checkpointing(demos(825, 1114), 4)           # ALFWorld: trained without it
+    assert needs_checkpointing(demos(1308, 2343), 4)              # WebShop: ran out of 24 GB without it
+    assert not needs_checkpointing(demos(1308, 2343), 1)
