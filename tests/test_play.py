@@ -41,7 +41,7 @@ def trajectory(path: Path) -> list[dict]:
 def test_a_number_picks_from_the_list_and_other_text_goes_as_typed(typed, actions):
     picked = resolve_action(typed, actions)
     text = typed.strip()
-    if text.isdigit() and 1 <= int(text) <= len(actions):
+    if text.isdecimal() and 1 <= int(text) <= len(actions):
         assert picked == actions[int(text) - 1]
     else:
         assert picked == text

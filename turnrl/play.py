@@ -34,7 +34,7 @@ def resolve_action(typed: str, actions: list[str] | None) -> str:
     """The action a player's line stands for: a number 1..len(actions) picks from the list, anything else
     is sent as typed (without surrounding whitespace)."""
     text = typed.strip()
-    if actions and text.isdigit() and 1 <= int(text) <= len(actions):
+    if actions and text.isdecimal() and 1 <= int(text) <= len(actions):
         return actions[int(text) - 1]
     return text
 
