@@ -162,7 +162,7 @@ def train(
     _check_model(cfg.model)
     _check_env(cfg.env, cfg.split, cfg.env_kwargs)
     if cfg.eval_episodes:
-        for split in [cfg.eval_split, *(cfg.eval_extra_splits or [])]:
+        for split in cfg.eval_splits:
             _check_env(cfg.env, split, cfg.env_kwargs)
     from turnrl.algorithms.trainer import RunError
     from turnrl.algorithms.trainer import train as run_training

@@ -19,6 +19,7 @@ positions it would see without the cache.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from dataclasses import dataclass, field
 
@@ -51,6 +52,12 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         logits = logits / temperature
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     return (logprobs, out.hidden_states[-1]) if return_hidden else logprobs
+
+
+def keyed_generator(key: str, device) -> torch.Generator:
+    """A sampling generator seeded by a hash of `key` alone (an episode's or a search tree's identity), so what it
+    samples does not depend on which other rows share the batch."""
+    return torch.Generator(device=device).manual_seed(int(hashlib.sha256(key.encode()).hexdigest()[:15], 16))
 
 
 def _cache_argument(model) -> str:

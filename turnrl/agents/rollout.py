@@ -6,6 +6,7 @@ same episode records (without tokens), for evaluation and demonstrations.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import threading
@@ -75,6 +76,14 @@ def call_env(cause: str, fn: Callable, *args, timeout: float | None = None):
     if "error" in outcome:
         raise EnvFailure(cause, _last_line(outcome["error"])) from outcome["error"]
     return outcome["value"]
+
+
+def replace_env(env: Environment, env_name: str, env_kwargs: dict | None) -> Environment:
+    """A fresh environment in place of one that failed an episode (a failed or abandoned one may be in any state),
+    the old one closed if it lets itself be."""
+    with contextlib.suppress(EnvFailure):   # closing a broken environment may fail too; it is dropped either way
+        call_env("step", env.close)
+    return make_env(env_name, **(env_kwargs or {}))
 
 
 def checked_result(result) -> StepResult:

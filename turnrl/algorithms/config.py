@@ -316,6 +316,11 @@ class TrainConfig:
                 setattr(self, name, default)
         return self
 
+    @property
+    def eval_splits(self) -> list[str]:
+        """Every split the held-out evaluations run on: eval_split, then eval_extra_splits."""
+        return [self.eval_split, *(self.eval_extra_splits or [])]
+
     def validate(self) -> TrainConfig:
         self.resolve()
         for f in dataclasses.fields(self):

@@ -28,9 +28,9 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
 from turnrl.agents.models import default_cache_dir, load_model, save_model
-from turnrl.agents.policy import Policy, pad_right, positions_from_mask, token_logprobs
+from turnrl.agents.policy import Policy, keyed_generator, pad_right, positions_from_mask, token_logprobs
 from turnrl.agents.prompts import PromptBuilder
-from turnrl.agents.rollout import evaluate, group_specs, rollout
+from turnrl.agents.rollout import evaluate, group_specs, replace_env, rollout
 from turnrl.algorithms.advantages import (
     gigpo_advantages,
     grpo_step_advantages,
@@ -276,7 +276,7 @@ class Trainer:
         probe = make_env(config.env, **config.env_kwargs)
         self.train_tasks = list(probe.tasks(config.split))
         if config.eval_episodes:
-            for split in [config.eval_split, *(config.eval_extra_splits or [])]:
+            for split in config.eval_splits:
                 probe.tasks(split)
         if config.warm_start_episodes:
             probe.reset(task=self.train_tasks[0], seed=config.seed)
@@ -349,9 +349,8 @@ class Trainer:
         out = []
         for g in range(groups):
             for member in range(self.config.group_size):
-                key = f"{self.config.seed}-{iteration}-{draw}-{rank + world * g}-{member}"
-                seed = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
-                out.append(torch.Generator(device=self.accelerator.device).manual_seed(seed))
+                out.append(keyed_generator(f"{self.config.seed}-{iteration}-{draw}-{rank + world * g}-{member}",
+                                           self.accelerator.device))
         return out
 
     def play(self, tasks: list, iteration: int, draw: int = 0) -> list[Episode]:
@@ -372,15 +371,11 @@ class Trainer:
                                cross_turn_cache=bool(cfg.cross_turn_cache), progress=turn_done,
                                step_timeout=cfg.env_step_timeout)
         for i, episode in enumerate(episodes):
-            if episode.failed:   # a fresh environment next time: a failed or abandoned one may be in any state
+            if episode.failed:   # a fresh environment next time
                 self.failures[episode.failure_cause] = self.failures.get(episode.failure_cause, 0) + 1
                 if self.progress:
                     print(f"episode failed (task {episode.task!r}): {episode.error}", flush=True)
-                try:
-                    self.envs[i].close()
-                except Exception:  # noqa: BLE001, S110 (closing a broken environment may fail too; it is replaced)
-                    pass
-                self.envs[i] = make_env(cfg.env, **cfg.env_kwargs)
+                self.envs[i] = replace_env(self.envs[i], cfg.env, cfg.env_kwargs)
         return episodes
 
     def without_failed(self, episodes: list[Episode]) -> list[Episode]:
@@ -1081,8 +1076,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             print(message, flush=True)
 
     def record(phase: str) -> None:
-        for split in [None, *(config.eval_extra_splits or [])]:
-            key = phase if split is None else f"{phase}@{split}"
+        for split in config.eval_splits:
+            key = phase if split == config.eval_split else f"{phase}@{split}"
             e = evals[key] = trainer.evaluate(key, split)
             log(f"eval {key}: success {e['success_rate']:.2f}  score {e['mean_score']:.2f}  "
                 f"invalid {e['invalid_action_rate']:.2f}  ({e['episodes']} {e['split']} tasks)")

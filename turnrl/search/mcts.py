@@ -43,9 +43,7 @@ Constants the paper leaves open, and the defaults chosen (`SearchConfig`):
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
 import math
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
@@ -54,9 +52,17 @@ from typing import Any
 import torch
 
 from turnrl.agents.actions import parse_response, without_think
-from turnrl.agents.policy import Completion, Policy
+from turnrl.agents.policy import Completion, Policy, keyed_generator
 from turnrl.agents.prompts import ChatTokens, HistoryEntry, PromptBuilder, parse_context
-from turnrl.agents.rollout import NO_VALID_ACTION, EnvFailure, act, call_env, checked_observation, checked_result
+from turnrl.agents.rollout import (
+    NO_VALID_ACTION,
+    EnvFailure,
+    act,
+    call_env,
+    checked_observation,
+    checked_result,
+    replace_env,
+)
 from turnrl.environments import Environment, StepResult, make_env
 from turnrl.episode import Episode, Turn
 from turnrl.search.critique import CRITIC_STOP, RANK_VALUES, ranking_dialogue
@@ -556,8 +562,7 @@ def _generators(requests: list[Request], shared):
 def tree_generator(seed: int, index: int, device) -> torch.Generator:
     """The sampling generator of the search of task number `index` (in the task list) under `seed`: the same
     whichever trees are searched beside it and however generation is batched."""
-    key = hashlib.sha256(f"search-{seed}-{index}".encode()).hexdigest()[:15]
-    return torch.Generator(device=device).manual_seed(int(key, 16))
+    return keyed_generator(f"search-{seed}-{index}", device)
 
 
 def _shared(policy) -> dict:
@@ -599,7 +604,7 @@ def search_tasks(policy: Policy, env_name: str, tasks: list, config: SearchConfi
             tree.mark_chosen()
             tree.env = None   # the environment goes on to the next chunk; the tree keeps its snapshots
             if tree.error is not None:   # a failed (perhaps still busy) environment is not used again
-                envs[i] = _replace_env(envs[i], env_name, env_kwargs)
+                envs[i] = replace_env(envs[i], env_name, env_kwargs)
         trees += chunk
         if progress is not None:
             progress({"tasks": len(trees), "of": len(tasks)})
@@ -651,16 +656,9 @@ def act_by_search(policy: Policy, env_name: str, tasks: list, config: SearchConf
                 failed = tree.episode(env_name, config.context, start + offset, [], tree.root.state)
                 failed.stop_reason, failed.error = "failed", tree.error
                 episodes.append(failed)
-                envs[offset] = _replace_env(envs[offset], env_name, env_kwargs)
+                envs[offset] = replace_env(envs[offset], env_name, env_kwargs)
             tree.env = None
         trees += chunk
     for env in envs:
         env.close()
     return episodes, trees
-
-
-def _replace_env(env: Environment, env_name: str, env_kwargs: dict | None) -> Environment:
-    """A fresh environment in place of one that failed (closed if it lets itself be)."""
-    with contextlib.suppress(EnvFailure):   # a failed environment may fail to close too; it is dropped either way
-        call_env("step", env.close)
-    return make_env(env_name, **(env_kwargs or {}))
