@@ -25,22 +25,28 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _train(model, out, processes: int):
+def _train(model, out, processes: int, *, fsdp: bool = False, extra: tuple = (), cache=None):
     args = ["-m", "turnrl.cli", "train", "--env", "lights", "--env_kwargs", "{n_lamps: 2}", "--model", str(model),
             "--iterations", "2", "--tasks_per_iteration", "2", "--group_size", "4", "--max_turns", "2",
             "--max_new_tokens", "8", "--learning_rate", "2e-4", "--minibatch_size", "4", "--micro_batch_size", "2",
-            "--epochs", "2", "--kl_coef", "0.05", "--checkpoint_every", "0", "--output_dir", str(out)]
+            "--epochs", "2", "--kl_coef", "0.05", "--checkpoint_every", "0", "--output_dir", str(out), *extra]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                 "--master_port", str(_free_port())] if processes > 1 else [sys.executable]
     result = subprocess.run(launcher + args, check=False, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+                                 **({"ACCELERATE_USE_FSDP": "true"} if fsdp else {}),
+                                 **({"TURNRL_CACHE": str(cache)} if cache else {})})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert ("FSDP: " in result.stdout) == fsdp, result.stdout[-2000:]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_equal_one(tmp_path, nudged_tiny):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
+def test_two_processes_equal_one(tmp_path, nudged_tiny, fsdp):
+    """Replicated (each process the whole model, gradients averaged by the trainer) and FSDP2 (each process half of
+    every parameter, gradient and optimizer state; the frozen KL reference sharded too) against one plain process."""
     one = _train(nudged_tiny, tmp_path / "one", 1)
-    two = _train(nudged_tiny, tmp_path / "two", 2)
+    two = _train(nudged_tiny, tmp_path / "two", 2, fsdp=fsdp)
     assert [r["iteration"] for r in two] == [1, 2]
     assert any(r["train_tokens"] > 0 for r in one), "the runs should train on something"
     for a, b in zip(one, two):
@@ -61,15 +67,103 @@ def test_two_processes_equal_one(tmp_path, nudged_tiny):
         assert torch.allclose(w1[name], w2[name], atol=1e-5), name
 
 
-@pytest.mark.parametrize("switch, name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
-def test_a_sharded_launch_is_refused_before_any_work(tmp_path, monkeypatch, switch, name):
-    """`accelerate launch` with an FSDP or DeepSpeed config sets these; on a CPU accelerate would quietly run plain
-    data parallelism instead, so the trainer refuses them itself, before loading a model."""
+@pytest.mark.parametrize("switch, name", [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
+                                          ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")])
+def test_a_deepspeed_or_megatron_launch_is_refused_before_any_work(tmp_path, monkeypatch, switch, name):
+    """`accelerate launch` with a DeepSpeed or Megatron-LM config sets these; their engines would own the backward and
+    the optimizer step that the trainer drives, so the trainer refuses them itself, before loading a model."""
     from turnrl.algorithms.config import load_config
     from turnrl.algorithms.trainer import RunError, train
 
     monkeypatch.setenv(switch, "true")
     config = load_config(None, {"env": "lights", "model": "/nonexistent/model", "output_dir": str(tmp_path / "run")})
-    with pytest.raises(RunError, match=rf"{name} is not supported by turnrl's trainer .*configs/accelerate/ddp.yaml"):
+    with pytest.raises(RunError, match=rf"{name} is not supported by turnrl's trainer .*configs/accelerate/fsdp.yaml"):
+        train(config, progress=False)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def _weights(folder):
+    return {k: v for file in sorted(folder.glob("*.safetensors")) for k, v in load_file(str(file)).items()}
+
+
+def test_fsdp_lora_warm_start_and_resume(tmp_path, nudged_tiny):
+    """FSDP with LoRA: two processes equal one plain process. With a warm start (behaviour cloning on a whole copy,
+    loaded back into the shards), a run stopped after iteration 1 and resumed (the gathered adapter and each
+    process's optimizer shard from the checkpoint) ends bit-identical to the uninterrupted FSDP run."""
+    lora = ("--lora", "true", "--learning_rate", "2e-3")
+    one = _train(nudged_tiny, tmp_path / "one", 1, extra=lora)
+    two = _train(nudged_tiny, tmp_path / "two", 2, fsdp=True, extra=lora)
+    assert any(r["train_tokens"] > 0 and r["grad_norm"] for r in one), "the runs should train on something"
+    for a, b in zip(one, two):
+        for key in ("success_rate", "train_tokens", "optimizer_steps"):
+            assert a[key] == b[key], key
+        for key in ("loss", "kl", "grad_norm", "ratio_mean"):   # float rounding of sharded sums, grown by the steps
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+    w1, w2 = _weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")
+    assert w1.keys() == w2.keys() and any("lora" in k for k in w1)
+    for name in w1:
+        assert torch.allclose(w1[name], w2[name], atol=1e-5), name
+
+    warm = (*lora, "--warm_start_episodes", "4", "--checkpoint_every", "1")
+    # each run its own (empty) warm-start cache, so that every run trains the warm start under FSDP
+    full = _train(nudged_tiny, tmp_path / "full", 2, fsdp=True, extra=warm, cache=tmp_path / "c1")
+    part = _train(nudged_tiny, tmp_path / "part", 2, fsdp=True, extra=(*warm, "--iterations", "1"),
+                  cache=tmp_path / "c2")
+    resumed = _train(nudged_tiny, tmp_path / "part", 2, fsdp=True, extra=(*warm, "--resume"), cache=tmp_path / "c3")
+    assert [r["iteration"] for r in part] == [1] and [r["iteration"] for r in resumed] == [1, 2]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+    w3, w4 = _weights(tmp_path / "full" / "final"), _weights(tmp_path / "part" / "final")
+    assert w3.keys() == w4.keys() == w1.keys()
+    for name in w3:
+        assert torch.equal(w3[name], w4[name]), name
+    assert any(not torch.equal(w3[name], w2[name]) for name in w3)
+
+
+def _accelerate_launch(config: str, out, tmp_path):
+    args = ["-m", "accelerate.commands.launch", "--config_file", config, "--num_processes", "2",
+            "--main_process_port", str(_free_port()), "-m", "turnrl.cli", "train", "--env", "lights", "--model",
+            "tiny", "--iterations", "1", "--tasks_per_iteration", "2", "--group_size", "2", "--max_turns", "2",
+            "--max_new_tokens", "8", "--kl_coef", "0.05", "--output_dir", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_"))}
+    return subprocess.run([sys.executable, *args], check=False, capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          env={**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_the_shipped_fsdp_config_shards_over_two_cpu_processes(tmp_path):
+    """configs/accelerate/fsdp.yaml through `accelerate launch` on a machine without a GPU: two processes join over
+    gloo, the policy is sharded, and one run is written."""
+    result = _accelerate_launch("configs/accelerate/fsdp.yaml", tmp_path / "run", tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "FSDP: 6 units sharded over 2 processes" in result.stdout
+    assert [json.loads(line)["iteration"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] \
+        == [1]
+
+
+def test_processes_that_do_not_join_are_refused(tmp_path):
+    """The GPU config (configs/accelerate/ddp.yaml) on a machine without a GPU: accelerate starts two processes that
+    each see a world of one. They would train two runs into one folder; the trainer stops them, saying why."""
+    result = _accelerate_launch("configs/accelerate/ddp.yaml", tmp_path / "run", tmp_path)
+    assert result.returncode != 0
+    assert "2 processes were launched (WORLD_SIZE) but accelerate joined 1" in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("env, overrides, message", [
+    ({"FSDP_VERSION": "1"}, {}, "FSDP version 1 is not supported: turnrl shards with FSDP2"),
+    ({"FSDP_OFFLOAD_PARAMS": "true"}, {}, "FSDP parameter offloading is not supported"),
+    ({"FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, {}, "choose FULL_SHARD or SHARD_GRAD_OP"),
+    ({}, {"algorithm": "st-ppo"}, "clip_bias_norm is not supported under FSDP"),
+])
+def test_fsdp_settings_turnrl_cannot_follow_fail_before_any_work(tmp_path, monkeypatch, env, overrides, message):
+    from turnrl.algorithms.config import load_config
+    from turnrl.algorithms.trainer import RunError, train
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config = load_config(None, {"env": "lights", "model": "/nonexistent/model", "output_dir": str(tmp_path / "run"),
+                                **overrides})
+    with pytest.raises(RunError, match=message):
         train(config, progress=False)
     assert not (tmp_path / "run" / "config.yaml").exists()

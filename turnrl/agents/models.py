@@ -166,16 +166,21 @@ def load_trained(
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, base_name: str
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, base_name: str,
+    state_dict: dict | None = None,
 ) -> None:
     """Save a policy so `load_trained` (or `load_model`) can restore it.
 
     A peft model saves only its adapter (the base is not merged in); `turnrl_model.json` records
     `base_name` (an alias, hub id or path) because peft records the resolved, machine-local path.
+    `state_dict`: the weights to write instead of the model's own (a sharded model's gathered whole weights).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    if state_dict is None:
+        model.save_pretrained(path)
+    else:
+        model.save_pretrained(path, state_dict=state_dict)
     tokenizer.save_pretrained(path)
     base = getattr(model, "turnrl_base", base_name)   # an adapter loaded from a folder keeps its own base
     (path / "turnrl_model.json").write_text(json.dumps({"base": base}) + "\n")

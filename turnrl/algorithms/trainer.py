@@ -31,6 +31,7 @@ from turnrl.agents.models import default_cache_dir, load_model, save_model
 from turnrl.agents.policy import Policy, keyed_generator, pad_right, positions_from_mask, token_logprobs
 from turnrl.agents.prompts import PromptBuilder
 from turnrl.agents.rollout import evaluate, group_specs, replace_env, rollout
+from turnrl.algorithms import sharding
 from turnrl.algorithms.advantages import (
     gigpo_advantages,
     grpo_step_advantages,
@@ -265,9 +266,30 @@ class Trainer:
             self.tracker_env = {k: v for k, v in defaults.items() if k not in os.environ}
             os.environ.update(self.tracker_env)
             tracker = {"log_with": config.report_to, "project_dir": str(trackers_dir)}
-        refuse_sharding()   # before any accelerator or model: a sharded launch would silently train something else
-        self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-                                       **tracker)
+        refuse_sharding()   # before any accelerator or model: DeepSpeed or Megatron would silently train something else
+        fsdp = sharding.requested()
+        if fsdp:
+            try:
+                sharding.launch_settings()
+            except ValueError as err:
+                raise RunError(str(err)) from None
+            if config.clip_bias_norm:
+                raise RunError("clip_bias_norm is not supported under FSDP: its extra gradient (autograd.grad) would "
+                               "need the gathered parameters, which FSDP keeps to itself; set clip_bias_norm: false, "
+                               "or train without sharding (configs/accelerate/ddp.yaml)")
+        # turnrl shards with FSDP2 itself (turnrl/algorithms/sharding.py): accelerate's FSDP plugin is kept out, and
+        # without a GPU the processes join over gloo (accelerate would otherwise start each as a run of its own)
+        if fsdp and not torch.cuda.is_available():
+            os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+        with _without_env(sharding.FSDP_SWITCH):
+            self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+                                           **tracker)
+        launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if launched != self.accelerator.num_processes:
+            raise RunError(f"{launched} processes were launched (WORLD_SIZE) but accelerate joined "
+                           f"{self.accelerator.num_processes}: each would train a run of its own into the same folder. "
+                           "On a CPU set ACCELERATE_USE_CPU=true (or use_cpu: true in the accelerate config)")
+        self.sharding = sharding.make_sharding(self.accelerator.device) if fsdp else sharding.NoSharding()
         self.progress = progress and self.accelerator.is_main_process
         torch.manual_seed(config.seed)
         if config.env_module:
@@ -296,6 +318,13 @@ class Trainer:
         self.reference = None
         if config.kl_coef > 0 and not config.lora:
             self.reference = copy.deepcopy(model).requires_grad_(False)
+        if self.sharding.sharded:   # FSDP2 units on the device, before the optimizer sees the (sharded) parameters
+            model = self.sharding.shard(model.to(self.accelerator.device))
+            if self.reference is not None:
+                self.reference = self.sharding.shard(self.reference.to(self.accelerator.device))
+            if self.progress:
+                print(f"FSDP: {len(self.sharding.units)} units sharded over {self.accelerator.num_processes} "
+                      "processes", flush=True)
         params = [p for p in model.parameters() if p.requires_grad]
         # advantage gae: a turn-level critic (value head on the policy's trunk, or a separate value model)
         self.critic = Critic(config.critic, model) if config.advantage == "gae" else None
@@ -311,7 +340,10 @@ class Trainer:
             self.critic.to(self.accelerator.device)
             groups.append({"params": list(self.critic.parameters()), "lr": config.critic_learning_rate})
         optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.sharding.sharded:   # no DDP wrapper: FSDP reduces the policy's gradients in each backward
+            self.model, self.optimizer = model, optimizer
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.reference is not None:
             self.reference.to(self.accelerator.device)
         self.policy = Policy(self.accelerator.unwrap_model(self.model), self.tokenizer,
@@ -360,7 +392,7 @@ class Trainer:
         specs = group_specs(tasks, cfg.group_size, seed=cfg.seed)
         generator = self.generators(iteration, draw, len(tasks))
         start = time.perf_counter()
-        with self.phases.phase("rollout", total=cfg.max_turns) as show:
+        with self.phases.phase("rollout", total=cfg.max_turns) as show, self.sharding.full_weights():
             def turn_done(state: dict) -> None:
                 show(completed=state["turn"], live=state["live"],
                      tok_s=state["tokens"] / max(time.perf_counter() - start, 1e-9))
@@ -448,15 +480,35 @@ class Trainer:
         value = torch.tensor([0.0 if flag else 1.0], device=self.accelerator.device)
         return float(self.accelerator.reduce(value, reduction="sum")) == 0.0
 
+    def most_over_processes(self, count: int) -> int:
+        """The largest `count` over the processes (the same answer everywhere)."""
+        if self.accelerator.num_processes == 1:
+            return count
+        return int(self.accelerator.gather(torch.tensor([count], device=self.accelerator.device)).max())
+
+    def stand_in(self, samples: list[Sample]) -> Sample:
+        """A sample for a zero-weight micro-batch (FSDP's lock-step): one of this process's, or two pad tokens."""
+        if samples:
+            return samples[0]
+        pad = self.policy.pad_id
+        return Sample(token_ids=[pad, pad], loss_mask=[0, 0], turn_index=[-1, -1], behaviour_logprobs=[0.0, 0.0],
+                      advantages=[0.0, 0.0], episode_index=-1, episode_agent_tokens=0,
+                      old_values=[0.0, 0.0] if self.critic is not None else [],
+                      value_targets=[0.0, 0.0] if self.critic is not None else [])
+
     def sync_gradients(self) -> None:
         """Average every trainable parameter's gradient (policy, critic) over processes in one all-reduce per
         optimizer step. Backward passes run without DDP's per-backward synchronisation, so processes may run
         different numbers of micro-batches (or none: a process without samples contributes zeros)."""
         if self.accelerator.num_processes == 1:
             return
-        params = [p for p in self.model.parameters() if p.requires_grad] + list(self.noise.parameters())
+        # under FSDP the policy's gradients are reduced in each backward already; the rest stays whole
+        params = [] if self.sharding.sharded else [p for p in self.model.parameters() if p.requires_grad]
+        params += list(self.noise.parameters())
         if self.critic is not None:
             params += list(self.critic.parameters())
+        if not params:
+            return
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
         flat = self.accelerator.reduce(flat, reduction="mean")
         offset = 0
@@ -469,17 +521,19 @@ class Trainer:
         """The critic's value of each turn's state, {(episode index, turn): value}, read at the turn's first token."""
         values: dict[tuple[int, int], float] = {}
         size = self.config.micro_batch_size
-        for i in range(0, len(samples), size):
-            micro = samples[i: i + size]
-            batch = make_batch(micro, [1.0] * len(micro), self.policy.pad_id, self.accelerator.device)
-            hidden = None
-            if self.critic.needs_policy_hidden:
-                _, hidden = token_logprobs(self.policy.model, batch.input_ids, batch.attention_mask, return_hidden=True)
-            v = self.critic.values(batch.input_ids, batch.attention_mask, positions_from_mask(batch.attention_mask),
-                                   hidden)
-            starts = turn_starts(batch.turn_index)
-            for row, col in starts.nonzero().tolist():
-                values[(micro[row].episode_index, int(batch.turn_index[row, col]))] = float(v[row, col])
+        with self.sharding.full_weights():   # processes value different numbers of samples
+            for i in range(0, len(samples), size):
+                micro = samples[i: i + size]
+                batch = make_batch(micro, [1.0] * len(micro), self.policy.pad_id, self.accelerator.device)
+                hidden = None
+                if self.critic.needs_policy_hidden:
+                    _, hidden = token_logprobs(self.policy.model, batch.input_ids, batch.attention_mask,
+                                               return_hidden=True)
+                v = self.critic.values(batch.input_ids, batch.attention_mask,
+                                       positions_from_mask(batch.attention_mask), hidden)
+                starts = turn_starts(batch.turn_index)
+                for row, col in starts.nonzero().tolist():
+                    values[(micro[row].episode_index, int(batch.turn_index[row, col]))] = float(v[row, col])
         return values
 
     def training_samples(self, episodes: list[Episode]) -> tuple[list[Sample], list[list[float]]]:
@@ -589,9 +643,15 @@ class Trainer:
                     minibatch_loss = 0.0   # summed over micro-batches: a NaN or infinity anywhere shows here
                     micro_batches = [active[i: i + cfg.micro_batch_size]
                                      for i in range(0, len(active), cfg.micro_batch_size)]
+                    real = len(micro_batches)
+                    if self.sharding.sharded:   # forward and backward are collectives: the same count everywhere
+                        micro_batches += [[self.stand_in(samples)]] * (self.most_over_processes(real) - real)
                     for index, micro in enumerate(micro_batches):
-                        batch = make_batch(micro, [self.token_weight(s) for s in micro], self.policy.pad_id,
-                                           acc.device)
+                        dummy = index >= real   # a zero-weight stand-in: keeps the processes in step, adds nothing
+                        batch = make_batch(micro, [0.0 if dummy else self.token_weight(s) for s in micro],
+                                           self.policy.pad_id, acc.device)
+                        if dummy:
+                            batch.loss_mask = batch.loss_mask * 0.0
                         mask = batch.loss_mask
                         shared_trunk = self.critic is not None and self.critic.needs_policy_hidden
                         # the unwrapped model: gradients are averaged over processes once per step (sync_gradients),
@@ -609,6 +669,8 @@ class Trainer:
                         value_loss = None
                         if self.critic is not None:   # clipped value loss at the first token of each turn
                             starts = turn_starts(batch.turn_index).float()
+                            if dummy:   # no value loss either
+                                starts = starts * 0.0
                             values = self.critic.values(batch.input_ids, batch.attention_mask,
                                                         positions_from_mask(batch.attention_mask), hidden)
                             per_turn = clipped_value_loss(values, batch.old_values, batch.value_targets,
@@ -623,7 +685,7 @@ class Trainer:
                                                   unscaled_loss=value_loss if shared_trunk else None)
                         if value_loss is not None:
                             loss = loss + value_loss
-                        if cfg.alp_regulariser and index == 0:   # once per optimizer step
+                        if cfg.alp_regulariser and index == 0 and real:   # once per optimizer step
                             loss = loss + self.noise.regulariser()
                         minibatch_loss += float(loss.detach())
                         if cfg.kl_coef > 0:
@@ -634,12 +696,15 @@ class Trainer:
                         with torch.no_grad():
                             on = mask.bool()
                             fresh = on & (batch.policy_version == iteration - 1)[:, None]
-                            if first_update and fresh.any():   # nothing updated yet: fresh samples must agree
+                            # nothing updated yet: fresh samples must agree (under FSDP the unperturbed forward
+                            # runs on every process, a collective)
+                            if first_update and (fresh.any() or self.sharding.sharded):
                                 clean = new if self.noise is NO_NOISE else token_logprobs(   # unperturbed
                                     self.policy.model, batch.input_ids, batch.attention_mask,
                                     self.policy.logprob_temperature)
-                                diff = float((clean - batch.behaviour).abs()[fresh].max())
-                                stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"] or 0.0, diff)
+                                if fresh.any():
+                                    diff = float((clean - batch.behaviour).abs()[fresh].max())
+                                    stats["logprob_max_abs_diff"] = max(stats["logprob_max_abs_diff"] or 0.0, diff)
                             if cfg.max_staleness:   # clipped and all tokens by staleness (0 = fresh; not search)
                                 staleness = (iteration - 1 - batch.policy_version)[:, None].expand_as(on)[on]
                                 for age in [a for a in staleness.unique().tolist() if a <= cfg.max_staleness]:
@@ -647,12 +712,13 @@ class Trainer:
                                     by_age = clip_by_staleness.setdefault(int(age), [0.0, 0])
                                     by_age[0] += float(clipped[on][at].sum())
                                     by_age[1] += int(at.sum())
-                            stats["loss"] += float((loss_tokens * mask).sum())
-                            stats["clip_fraction"] += float(clipped[on].sum())
-                            stats["ratio_mean"] += float(ratio[on].sum())
-                            stats["ratio_min"] = min(stats["ratio_min"], float(ratio[on].min()))
-                            stats["ratio_max"] = max(stats["ratio_max"], float(ratio[on].max()))
-                            ratios.append(ratio[on].detach().float().cpu())
+                            if not dummy:
+                                stats["loss"] += float((loss_tokens * mask).sum())
+                                stats["clip_fraction"] += float(clipped[on].sum())
+                                stats["ratio_mean"] += float(ratio[on].sum())
+                                stats["ratio_min"] = min(stats["ratio_min"], float(ratio[on].min()))
+                                stats["ratio_max"] = max(stats["ratio_max"], float(ratio[on].max()))
+                                ratios.append(ratio[on].detach().float().cpu())
                         computed_tokens += int(mask.sum())
                     c_norm = self.clip_bias.scale_gradients()
                     if c_norm is not None:
@@ -660,7 +726,9 @@ class Trainer:
                     self.sync_gradients()
                     # policy and critic clipped apart, as verl's actor and critic (max_grad_norm 0: measured only)
                     limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-                    grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), limit))
+                    grad_norm = self.sharding.clip_grad_norm([p for p in self.model.parameters() if p.requires_grad],
+                                                             limit) if self.sharding.sharded else \
+                        float(acc.clip_grad_norm_(self.model.parameters(), limit))
                     critic_norm = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), limit)) \
                         if self.critic is not None else 0.0
                     first_update = False
@@ -738,7 +806,7 @@ class Trainer:
                         device=self.accelerator.device)
         tasks = list(make_env(cfg.env, **cfg.env_kwargs).tasks(split))[: cfg.eval_episodes]
         self.model.eval()
-        with self.phases.phase(f"eval {phase}", total=cfg.max_turns) as show:
+        with self.phases.phase(f"eval {phase}", total=cfg.max_turns) as show, self.sharding.full_weights():
             episodes = evaluate(greedy, cfg.env, tasks, env_kwargs=cfg.env_kwargs, context=cfg.context,
                                 max_turns=cfg.max_turns, seed=cfg.seed, prompt_builder=self.prompts,
                                 cross_turn_cache=bool(cfg.cross_turn_cache),
@@ -764,16 +832,24 @@ class Trainer:
         folder = default_cache_dir() / "warm_start" / warm_start_key(cfg, list(dataset["input_ids"]))
         model = self.accelerator.unwrap_model(self.model)
         if (folder / "turnrl_model.json").exists():
-            _load_weights(model, folder)
+            self.load_policy(folder)
             return "cached"
+        cloned = model
+        if self.sharding.sharded:   # behaviour cloning (TRL's SFTTrainer) on a whole copy, loaded back into the shards
+            cloned = load_model(cfg.model, dtype=cfg.dtype, lora=cfg.lora, lora_rank=cfg.lora_rank,
+                                lora_alpha=cfg.lora_alpha, progress=False)[0]
+            cloned.load_state_dict(self.sharding.full_state_dict(model), strict=False)   # tied weights given once
+            cloned.to(self.accelerator.device)
         torch.manual_seed(cfg.seed)
-        behaviour_clone(model, self.tokenizer, dataset, output_dir=self.run_dir / "warm_start",
+        behaviour_clone(cloned, self.tokenizer, dataset, output_dir=self.run_dir / "warm_start",
                         epochs=cfg.warm_start_epochs, learning_rate=cfg.warm_start_learning_rate,
                         batch_size=cfg.warm_start_batch_size, seed=cfg.seed, progress=self.progress)
         shutil.rmtree(self.run_dir / "warm_start", ignore_errors=True)
+        if self.sharding.sharded:
+            self.sharding.load_full_state_dict(model, cloned.state_dict())
         if self.accelerator.is_main_process:
             tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-            save_model(model, self.tokenizer, tmp, cfg.model)
+            save_model(cloned, self.tokenizer, tmp, cfg.model)
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)
         self.accelerator.wait_for_everyone()
@@ -781,15 +857,38 @@ class Trainer:
 
     # -- run folder -----------------------------------------------------------------------------
 
+    def save_policy(self, path: Path) -> None:
+        """Write the policy (model or adapter) to `path` from the main process; under FSDP every process must call
+        it (the whole weights are gathered)."""
+        model = self.accelerator.unwrap_model(self.model)
+        state = self.sharding.full_state_dict(model) if self.sharding.sharded else None
+        if self.accelerator.is_main_process:
+            save_model(model, self.tokenizer, path, self.config.model, state_dict=state)
+
+    def load_policy(self, folder: Path) -> None:
+        """Load weights written by `save_policy` (or `save_model`) into the policy, sharded or not."""
+        model = self.accelerator.unwrap_model(self.model)
+        if self.sharding.sharded:
+            self.sharding.load_full_state_dict(model, _read_weights(folder))
+        else:
+            _load_weights(model, folder)
+
     def save_checkpoint(self, iteration: int) -> None:
-        self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
-            return
+        acc, sharded = self.accelerator, self.sharding.sharded
+        acc.wait_for_everyone()
         folder = self.run_dir / "checkpoints" / f"iter-{iteration:06d}"
         tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, tmp / "model", self.config.model)
-        torch.save({"iteration": iteration, "optimizer": self.optimizer.state_dict(),
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.save_policy(tmp / "model")
+        if sharded:   # each process writes its shard of the optimizer state
+            acc.wait_for_everyone()
+            torch.save(self.sharding.optimizer_state(self.optimizer), tmp / f"optimizer-rank{acc.process_index}.pt")
+            acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return
+        torch.save({"iteration": iteration, "optimizer": None if sharded else self.optimizer.state_dict(),
+                    "optimizer_shards": acc.num_processes if sharded else 0,
                     "critic": None if self.critic is None else self.critic.state_dict(),
                     "noise": None if self.noise is NO_NOISE else self.noise.state_dict(),
                     "replay": self.replay.episodes, "rng": _rng_states()}, tmp / "trainer_state.pt")
@@ -815,9 +914,19 @@ class Trainer:
         if latest is None:
             return 0
         state = torch.load(latest / "trainer_state.pt", map_location="cpu", weights_only=False)
-        model = self.accelerator.unwrap_model(self.model)
-        _load_weights(model, latest / "model")
-        self.optimizer.load_state_dict(state["optimizer"])
+        shards, world = state.get("optimizer_shards", 0), self.accelerator.num_processes
+        if self.sharding.sharded != bool(shards) or (shards and shards != world):
+            written = f"under FSDP by {shards} processes" if shards else "without sharding"
+            now = f"under FSDP by {world} processes" if self.sharding.sharded else "without sharding"
+            raise RunError(f"checkpoint {latest} was written {written} and this run is {now}: its optimizer state "
+                           "cannot be dealt out differently; resume with the launch that wrote it")
+        self.load_policy(latest / "model")
+        if shards:
+            self.sharding.load_optimizer_state(self.optimizer, torch.load(
+                latest / f"optimizer-rank{self.accelerator.process_index}.pt", map_location="cpu",
+                weights_only=False))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.critic is not None:
             if state.get("critic") is None:
                 raise RuntimeError(f"checkpoint {latest} holds no critic, but this config trains one (advantage gae)")
@@ -901,20 +1010,33 @@ def _set_rng_states(states: dict) -> None:
 FAILURE_CAUSES = ("reset", "step", "malformed", "timeout")   # why an environment failed an episode
 
 
-SHARDING_SWITCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
-                     "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}   # what `accelerate launch` sets for a sharded config
+SHARDING_SWITCHES = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+                     "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}   # what `accelerate launch` sets for these configs
 
 
 def refuse_sharding() -> None:
-    """Refuse an FSDP, DeepSpeed or Megatron-LM launch. The trainer generates with, and runs forward and backward
-    on, the whole model on every process and averages the gradients itself (`Trainer.sync_gradients`), so sharded
-    parameters would break it; and on a CPU accelerate falls back to plain data parallelism without a word."""
+    """Refuse a DeepSpeed or Megatron-LM launch. The trainer shards with FSDP2 itself (`sharding.py`); DeepSpeed's
+    engine would own the model, its backward and the optimizer step, which the trainer drives itself, and on a CPU
+    accelerate would fall back to plain data parallelism without a word."""
     for switch, name in SHARDING_SWITCHES.items():
-        if os.environ.get(switch, "").strip().lower() in ("1", "true", "yes", "y", "on"):
-            raise RunError(f"{name} is not supported by turnrl's trainer ({switch} is set by the accelerate config): "
-                           "every process keeps the whole model, generates with it and averages the gradients "
-                           "itself. Launch with a data-parallel config instead (configs/accelerate/ddp.yaml); "
-                           "docs/guides/scale-to-several-gpus.md says what sharding would need")
+        if os.environ.get(switch, "").strip().lower() in sharding.TRUE:
+            raise RunError(f"{name} is not supported by turnrl's trainer ({switch} is set by the accelerate config). "
+                           "Launch with a data-parallel config (configs/accelerate/ddp.yaml) or shard with FSDP "
+                           "(configs/accelerate/fsdp.yaml); docs/guides/scale-to-several-gpus.md compares them")
+
+
+class _without_env:
+    """Hide an environment variable for the length of a block (restored after it)."""
+
+    def __init__(self, name: str):
+        self.name, self.value = name, None
+
+    def __enter__(self):
+        self.value = os.environ.pop(self.name, None)
+
+    def __exit__(self, *exc):
+        if self.value is not None:
+            os.environ[self.name] = self.value
 
 
 class RunError(RuntimeError):
@@ -972,18 +1094,27 @@ def warm_start_key(config: TrainConfig, demonstration_ids: list[list[int]]) -> s
     return digest.hexdigest()[:20]
 
 
-def _load_weights(model, folder: Path) -> None:
-    """Load saved weights (full model or LoRA adapter) into an already-built model in place."""
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a folder written by `save_model`: the adapter's (keys without the adapter's name) or the
+    whole model's."""
     from safetensors.torch import load_file
 
     if (folder / "adapter_config.json").exists():
+        return load_file(str(folder / "adapter_model.safetensors"))
+    weights = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+    return weights
+
+
+def _load_weights(model, folder: Path) -> None:
+    """Load saved weights (full model or LoRA adapter) into an already-built model in place."""
+    weights = _read_weights(folder)
+    if (folder / "adapter_config.json").exists():
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+        set_peft_model_state_dict(model, weights)
     else:
-        weights = {}
-        for file in sorted(folder.glob("*.safetensors")):
-            weights.update(load_file(str(file)))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         # Tied embeddings are saved once; anything else missing means the checkpoint does not fit.
         missing = [k for k in missing if "lm_head" not in k]
@@ -1186,8 +1317,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         acc.end_training()
         for key in trainer.tracker_env:
             os.environ.pop(key, None)
+    trainer.save_policy(run_dir / "final")
     if acc.is_main_process:
-        save_model(acc.unwrap_model(trainer.model), trainer.tokenizer, run_dir / "final", config.model)
         if trainer.critic is not None:   # the value head or value model, beside the policy
             torch.save(trainer.critic.state_dict(), run_dir / "final" / "critic.pt")
         if trainer.noise is not NO_NOISE:   # ALP's σ per layer, beside the model or adapter
