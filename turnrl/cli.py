@@ -7,6 +7,7 @@ user's own file can call `register_env`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -171,7 +172,8 @@ def train(
         run_dir = run_training(cfg, resume=resume)
     except (FileExistsError, RunError) as err:
         _fail(str(err))
-    console.print(f"run folder: {escape(str(run_dir))}")
+    if os.environ.get("RANK", "0") == "0":   # once under several processes
+        console.print(f"run folder: {escape(str(run_dir))}")
 
 
 @app.command("eval")
