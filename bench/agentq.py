@@ -3,7 +3,7 @@ equal environment-step budget, greedy success before and after one round of step
 and the pairs per task with the share of sibling pairs above θ.
 
     python bench/agentq.py                                   # WebShop, the results table's warm start
-    python bench/agentq.py --config configs/table_webshop.yaml --eval-tasks 8 --act-tasks 4 --act-simulations 2
+    python bench/agentq.py --config configs/table_webshop.yaml --eval-tasks 6 --act-tasks 2 --act-simulations 2
 
 The policy is the results table's warm start of `--config` (`turnrl train`'s behaviour cloning, loaded from the
 warm-start cache when the table has run, else trained here), so the numbers follow the table's cells.
@@ -120,13 +120,21 @@ def main(argv: list[str] | None = None) -> dict:
               "search_tasks": len(train_tasks), "simulations": args.simulations, "branching": args.branching,
               "threshold": args.threshold, "beta": args.beta, "seconds": seconds}
 
-    def stage(name: str):
-        start = time.perf_counter()
-        return lambda: seconds.__setitem__(name, round(time.perf_counter() - start, 1))
+    # Each stage's result is kept in OUTPUT_DIR/stages.json, so a rerun after an interruption does the rest only.
+    stages_file = out / "stages.json"
+    stages = json.loads(stages_file.read_text()) if stages_file.exists() else {}
 
-    done = stage("warm_start")
+    def run(name: str, compute):
+        if name not in stages:
+            start = time.perf_counter()
+            value = compute()
+            stages[name] = {"value": value, "seconds": round(time.perf_counter() - start, 1)}
+            stages_file.write_text(json.dumps(stages, indent=1))
+            print(json.dumps({name: value}), flush=True)
+        seconds[name] = stages[name]["seconds"]
+        return stages[name]["value"]
+
     model_dir = warm_started(args.config, out)
-    done()
     model, tokenizer = load_trained(model_dir)
     model.eval()
     greedy = Policy(model, tokenizer, temperature=0.0, max_new_tokens=config.max_new_tokens)
@@ -137,55 +145,46 @@ def main(argv: list[str] | None = None) -> dict:
                           max_turns=config.max_turns, seed=args.seed, prompt_builder=builder)
         return summarize(played)["success_rate"]
 
-    done = stage("greedy_before")
-    result["greedy_success_before"] = greedy_success(greedy)
-    done()
-    print(json.dumps({"greedy_success_before": result["greedy_success_before"]}), flush=True)
-
+    result["greedy_success_before"] = run("greedy_before", lambda: greedy_success(greedy))
     act_tasks = eval_tasks[: result["act_tasks"]]
-    done = stage("mcts_acting")
-    act_config = SearchConfig(**{**search_config.__dict__, "simulations": args.act_simulations})
-    searched, trees = act_by_search(sampler, config.env, act_tasks, act_config, env_kwargs=env_kwargs,
-                                    seed=args.seed, builder=builder)
-    done()
-    budgets = [tree.env_steps for tree in trees]
-    result["mcts"] = {"success_rate": summarize(searched)["success_rate"], "env_steps": sum(budgets),
-                      "env_steps_per_task": budgets, "failed_tasks": sum(t.error is not None for t in trees)}
-    print(json.dumps({"mcts": result["mcts"]}), flush=True)
 
-    done = stage("plain_sampling")
-    result["plain"] = sample_at_budget(sampler, config.env, act_tasks, budgets, env_kwargs=env_kwargs,
-                                       context=config.context, max_turns=config.max_turns, builder=builder,
-                                       seed=args.seed)
-    done()
-    print(json.dumps({"plain": result["plain"]}), flush=True)
+    def mcts() -> dict:
+        act_config = SearchConfig(**{**search_config.__dict__, "simulations": args.act_simulations})
+        searched, trees = act_by_search(sampler, config.env, act_tasks, act_config, env_kwargs=env_kwargs,
+                                        seed=args.seed, builder=builder)
+        budgets = [tree.env_steps for tree in trees]
+        return {"success_rate": summarize(searched)["success_rate"], "env_steps": sum(budgets),
+                "env_steps_per_task": budgets, "failed_tasks": sum(t.error is not None for t in trees)}
 
-    done = stage("search")
-    summary = run_search(sampler, config.env, train_tasks, search_config, out / "search", env_kwargs=env_kwargs,
-                         threshold=args.threshold, seed=args.seed, builder=builder)
-    done()
-    result["search"] = {k: summary[k] for k in ("pairs", "pairs_per_task", "sibling_pairs", "share_above_threshold",
-                                                "best_success_rate", "env_steps", "expansions", "failed_tasks")}
-    print(json.dumps({"search": result["search"]}), flush=True)
-    del greedy, sampler, model
+    result["mcts"] = run("mcts_acting", mcts)
+    result["plain"] = run("plain_sampling", lambda: sample_at_budget(
+        sampler, config.env, act_tasks, result["mcts"]["env_steps_per_task"], env_kwargs=env_kwargs,
+        context=config.context, max_turns=config.max_turns, builder=builder, seed=args.seed))
 
-    if summary["pairs"]:
-        done = stage("dpo")
-        dpo = run_dpo(model=str(model_dir), pairs=out / "search" / "pairs", output_dir=out / "dpo", lora=config.lora,
-                      lora_rank=config.lora_rank, beta=args.beta, reference="behaviour", epochs=1.0,
-                      learning_rate=5e-5, batch_size=4, seed=args.seed, progress=False)
-        done()
-        result["dpo"] = {k: dpo[k] for k in ("pairs", "margin_before", "margin_after", "final_loss")}
-        trained, tokenizer = load_trained(dpo["model"])
+    def search() -> dict:
+        summary = run_search(sampler, config.env, train_tasks, search_config, out / "search", env_kwargs=env_kwargs,
+                             threshold=args.threshold, seed=args.seed, builder=builder)
+        return {k: summary[k] for k in ("pairs", "pairs_per_task", "sibling_pairs", "share_above_threshold",
+                                        "best_success_rate", "env_steps", "expansions", "failed_tasks")}
+
+    result["search"] = run("search", search)
+
+    if result["search"]["pairs"]:
+        def dpo() -> dict:
+            trained = run_dpo(model=str(model_dir), pairs=out / "search" / "pairs", output_dir=out / "dpo",
+                              lora=config.lora, lora_rank=config.lora_rank, beta=args.beta, reference="behaviour",
+                              epochs=1.0, learning_rate=5e-5, batch_size=4, seed=args.seed, progress=False)
+            return {k: trained[k] for k in ("pairs", "margin_before", "margin_after", "final_loss", "model")}
+
+        result["dpo"] = run("dpo", dpo)
+        trained, tokenizer = load_trained(result["dpo"]["model"])
         trained.eval()
-        done = stage("greedy_after")
-        result["greedy_success_after"] = greedy_success(
-            Policy(trained, tokenizer, temperature=0.0, max_new_tokens=config.max_new_tokens))
-        done()
+        result["greedy_success_after"] = run("greedy_after", lambda: greedy_success(
+            Policy(trained, tokenizer, temperature=0.0, max_new_tokens=config.max_new_tokens)))
     else:
         result["dpo"] = {"skipped": "no pairs above the threshold"}
         result["greedy_success_after"] = None
-    result["seconds_total"] = round(sum(seconds.values()), 1)
+    result["seconds_total"] = round(sum(v for v in seconds.values() if v is not None), 1)
     print(json.dumps(result, default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else str(x)))
     return result
 

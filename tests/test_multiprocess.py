@@ -25,7 +25,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _train(model, out, processes: int, *, fsdp: bool = False, extra: tuple = (), cache=None):
+SHARDING = {"replicated": {}, "fsdp": {"ACCELERATE_USE_FSDP": "true"},
+            "zero2": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"},
+            "zero3": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}}
+BANNER = {"replicated": None, "fsdp": "FSDP: ", "zero2": "DeepSpeed: ZeRO-2", "zero3": "DeepSpeed: ZeRO-3"}
+
+
+def _needs(mode: str) -> None:
+    if mode.startswith("zero"):
+        pytest.importorskip("deepspeed")
+
+
+def _train(model, out, processes: int, *, mode: str = "replicated", extra: tuple = (), cache=None):
     args = ["-m", "turnrl.cli", "train", "--env", "lights", "--env_kwargs", "{n_lamps: 2}", "--model", str(model),
             "--iterations", "2", "--tasks_per_iteration", "2", "--group_size", "4", "--max_turns", "2",
             "--max_new_tokens", "8", "--learning_rate", "2e-4", "--minibatch_size", "4", "--micro_batch_size", "2",
@@ -34,19 +45,23 @@ def _train(model, out, processes: int, *, fsdp: bool = False, extra: tuple = (),
                 "--master_port", str(_free_port())] if processes > 1 else [sys.executable]
     result = subprocess.run(launcher + args, check=False, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
-                                 **({"ACCELERATE_USE_FSDP": "true"} if fsdp else {}),
+                                 **SHARDING[mode],
                                  **({"TURNRL_CACHE": str(cache)} if cache else {})})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert ("FSDP: " in result.stdout) == fsdp, result.stdout[-2000:]
+    for name, banner in BANNER.items():
+        if banner:
+            assert (banner in result.stdout) == (name == mode), result.stdout[-2000:]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
-def test_two_processes_equal_one(tmp_path, nudged_tiny, fsdp):
-    """Replicated (each process the whole model, gradients averaged by the trainer) and FSDP2 (each process half of
-    every parameter, gradient and optimizer state; the frozen KL reference sharded too) against one plain process."""
+@pytest.mark.parametrize("mode", ["replicated", "fsdp", "zero2", "zero3"])
+def test_two_processes_equal_one(tmp_path, nudged_tiny, mode):
+    """Replicated (each process the whole model, gradients averaged by the trainer), FSDP2 (each process half of
+    every parameter, gradient and optimizer state; the frozen KL reference sharded too) and DeepSpeed ZeRO-2 and
+    ZeRO-3 (the engine's backward and step) against one plain process."""
+    _needs(mode)
     one = _train(nudged_tiny, tmp_path / "one", 1)
-    two = _train(nudged_tiny, tmp_path / "two", 2, fsdp=fsdp)
+    two = _train(nudged_tiny, tmp_path / "two", 2, mode=mode)
     assert [r["iteration"] for r in two] == [1, 2]
     assert any(r["train_tokens"] > 0 for r in one), "the runs should train on something"
     for a, b in zip(one, two):
@@ -67,11 +82,10 @@ def test_two_processes_equal_one(tmp_path, nudged_tiny, fsdp):
         assert torch.allclose(w1[name], w2[name], atol=1e-5), name
 
 
-@pytest.mark.parametrize("switch, name", [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
-                                          ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")])
-def test_a_deepspeed_or_megatron_launch_is_refused_before_any_work(tmp_path, monkeypatch, switch, name):
-    """`accelerate launch` with a DeepSpeed or Megatron-LM config sets these; their engines would own the backward and
-    the optimizer step that the trainer drives, so the trainer refuses them itself, before loading a model."""
+@pytest.mark.parametrize("switch, name", [("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")])
+def test_a_megatron_launch_is_refused_before_any_work(tmp_path, monkeypatch, switch, name):
+    """`accelerate launch` with a Megatron-LM config sets this; the trainer does not split its rollouts and updates
+    by tensor or pipeline, so it refuses the launch itself, before loading a model."""
     from turnrl.algorithms.config import load_config
     from turnrl.algorithms.trainer import RunError, train
 
@@ -86,13 +100,16 @@ def _weights(folder):
     return {k: v for file in sorted(folder.glob("*.safetensors")) for k, v in load_file(str(file)).items()}
 
 
-def test_fsdp_lora_warm_start_and_resume(tmp_path, nudged_tiny):
-    """FSDP with LoRA: two processes equal one plain process. With a warm start (behaviour cloning on a whole copy,
-    loaded back into the shards), a run stopped after iteration 1 and resumed (the gathered adapter and each
-    process's optimizer shard from the checkpoint) ends bit-identical to the uninterrupted FSDP run."""
+@pytest.mark.parametrize("mode", ["fsdp", "zero3"])
+def test_sharded_lora_warm_start_and_resume(tmp_path, nudged_tiny, mode):
+    """Sharded with LoRA: two processes equal one plain process. With a warm start (FSDP: behaviour cloning on a
+    whole copy, loaded back into the shards; DeepSpeed: before the engine is built), a run stopped after iteration 1
+    and resumed (the gathered adapter and each process's optimizer shard, or DeepSpeed's own checkpoint) ends
+    bit-identical to the uninterrupted run."""
+    _needs(mode)
     lora = ("--lora", "true", "--learning_rate", "2e-3")
     one = _train(nudged_tiny, tmp_path / "one", 1, extra=lora)
-    two = _train(nudged_tiny, tmp_path / "two", 2, fsdp=True, extra=lora)
+    two = _train(nudged_tiny, tmp_path / "two", 2, mode=mode, extra=lora)
     assert any(r["train_tokens"] > 0 and r["grad_norm"] for r in one), "the runs should train on something"
     for a, b in zip(one, two):
         for key in ("success_rate", "train_tokens", "optimizer_steps"):
@@ -106,10 +123,10 @@ def test_fsdp_lora_warm_start_and_resume(tmp_path, nudged_tiny):
 
     warm = (*lora, "--warm_start_episodes", "4", "--checkpoint_every", "1")
     # each run its own (empty) warm-start cache, so that every run trains the warm start under FSDP
-    full = _train(nudged_tiny, tmp_path / "full", 2, fsdp=True, extra=warm, cache=tmp_path / "c1")
-    part = _train(nudged_tiny, tmp_path / "part", 2, fsdp=True, extra=(*warm, "--iterations", "1"),
+    full = _train(nudged_tiny, tmp_path / "full", 2, mode=mode, extra=warm, cache=tmp_path / "c1")
+    part = _train(nudged_tiny, tmp_path / "part", 2, mode=mode, extra=(*warm, "--iterations", "1"),
                   cache=tmp_path / "c2")
-    resumed = _train(nudged_tiny, tmp_path / "part", 2, fsdp=True, extra=(*warm, "--resume"), cache=tmp_path / "c3")
+    resumed = _train(nudged_tiny, tmp_path / "part", 2, mode=mode, extra=(*warm, "--resume"), cache=tmp_path / "c3")
     assert [r["iteration"] for r in part] == [1] and [r["iteration"] for r in resumed] == [1, 2]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
     w3, w4 = _weights(tmp_path / "full" / "final"), _weights(tmp_path / "part" / "final")
@@ -130,12 +147,18 @@ def _accelerate_launch(config: str, out, tmp_path):
                           env={**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
 
 
-def test_the_shipped_fsdp_config_shards_over_two_cpu_processes(tmp_path):
-    """configs/accelerate/fsdp.yaml through `accelerate launch` on a machine without a GPU: two processes join over
+@pytest.mark.parametrize("config, banner", [
+    ("fsdp.yaml", "FSDP: 6 units sharded over 2 processes"),
+    ("deepspeed_zero2.yaml", "DeepSpeed: ZeRO-2 over 2 processes"),
+    ("deepspeed_zero3.yaml", "DeepSpeed: ZeRO-3 over 2 processes"),
+])
+def test_the_shipped_sharded_configs_run_on_two_cpu_processes(tmp_path, config, banner):
+    """configs/accelerate/*.yaml through `accelerate launch` on a machine without a GPU: two processes join over
     gloo, the policy is sharded, and one run is written."""
-    result = _accelerate_launch("configs/accelerate/fsdp.yaml", tmp_path / "run", tmp_path)
+    _needs("zero" if "deepspeed" in config else "fsdp")
+    result = _accelerate_launch(f"configs/accelerate/{config}", tmp_path / "run", tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "FSDP: 6 units sharded over 2 processes" in result.stdout
+    assert banner in result.stdout
     assert [json.loads(line)["iteration"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] \
         == [1]
 
@@ -154,12 +177,18 @@ def test_processes_that_do_not_join_are_refused(tmp_path):
     ({"FSDP_OFFLOAD_PARAMS": "true"}, {}, "FSDP parameter offloading is not supported"),
     ({"FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, {}, "choose FULL_SHARD or SHARD_GRAD_OP"),
     ({}, {"algorithm": "st-ppo"}, "clip_bias_norm is not supported under FSDP"),
+    ({"DS": "1", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1"}, {}, "DeepSpeed ZeRO stage 1 is not supported"),
+    ({"DS": "1", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, {}, "DeepSpeed offloading is not supported"),
+    ({"DS": "1", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, {}, "a DeepSpeed config file"),
+    ({"DS": "1"}, {"algorithm": "st-ppo"}, "clip_bias_norm is not supported under DeepSpeed"),
 ])
-def test_fsdp_settings_turnrl_cannot_follow_fail_before_any_work(tmp_path, monkeypatch, env, overrides, message):
+def test_sharding_settings_turnrl_cannot_follow_fail_before_any_work(tmp_path, monkeypatch, env, overrides,
+                                                                     message):
     from turnrl.algorithms.config import load_config
     from turnrl.algorithms.trainer import RunError, train
 
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    env = dict(env)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED" if env.pop("DS", None) else "ACCELERATE_USE_FSDP", "true")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     config = load_config(None, {"env": "lights", "model": "/nonexistent/model", "output_dir": str(tmp_path / "run"),

@@ -1,5 +1,6 @@
-"""Sharded training with torch FSDP2 (`fully_shard`): each process holds 1/N of the policy's parameters, gradients
-and optimizer state, and gathers the whole model only while it needs it.
+"""Sharded training: torch FSDP2 (`FSDPSharding`) or DeepSpeed ZeRO-2/3 (`DeepSpeedSharding`, below). Under FSDP2
+(`fully_shard`) each process holds 1/N of the policy's parameters, gradients and optimizer state, and gathers the
+whole model only while it needs it.
 
 `accelerate launch --config_file configs/accelerate/fsdp.yaml` (or `ACCELERATE_USE_FSDP=true` under torchrun) turns
 it on; the trainer shards the model itself rather than through accelerate's FSDP plugin, so that the same code runs
@@ -65,6 +66,7 @@ class NoSharding:
     """The default: every process holds the whole model."""
 
     sharded = False
+    kind = "none"
 
     def shard(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
@@ -78,6 +80,7 @@ class FSDPSharding:
     """FSDP2 over every process (see the module docstring)."""
 
     sharded = True
+    kind = "fsdp"
 
     def __init__(self, device: torch.device, *, reshard_after_forward: bool = True):
         from torch.distributed.device_mesh import init_device_mesh
@@ -192,13 +195,6 @@ class FSDPSharding:
                                                      stride=param.stride())
 
 
-def make_sharding(device: torch.device):
-    """FSDPSharding when the launch asks for it, else NoSharding."""
-    if not requested():
-        return NoSharding()
-    return FSDPSharding(device, **launch_settings())
-
-
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
@@ -220,3 +216,109 @@ def adapter_names(model: torch.nn.Module) -> dict[str, str]:
         return {}
     pattern = re.compile(r"\.(" + "|".join(re.escape(a) for a in adapters) + r")(?=\.)")
     return {pattern.sub("", key): key for key in model.state_dict() if pattern.search(key)}
+
+
+DEEPSPEED_SWITCH = "ACCELERATE_USE_DEEPSPEED"
+
+
+def deepspeed_requested() -> bool:
+    """Whether the launch asks for DeepSpeed (`accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED)."""
+    return os.environ.get(DEEPSPEED_SWITCH, "").strip().lower() in TRUE
+
+
+def deepspeed_settings() -> dict:
+    """The DeepSpeed settings of the accelerate config that turnrl follows, checked: ZeRO stage 2 or 3, no offload,
+    no DeepSpeed config file (turnrl writes the engine's config itself)."""
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip() not in ("", "none", "None"):
+        raise ValueError("a DeepSpeed config file (deepspeed_config_file) is not supported: turnrl builds the engine's "
+                         "config itself; give zero_stage in the accelerate config instead "
+                         "(configs/accelerate/deepspeed_zero2.yaml, deepspeed_zero3.yaml)")
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2").strip()
+    if stage not in ("2", "3"):
+        raise ValueError(f"DeepSpeed ZeRO stage {stage} is not supported; choose zero_stage 2 or 3")
+    for key in ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"):
+        if os.environ.get(key, "none").strip().lower() not in ("", "none"):
+            raise ValueError("DeepSpeed offloading is not supported by turnrl's trainer; set "
+                             "offload_optimizer_device and offload_param_device to none")
+    return {"stage": int(stage)}
+
+
+class DeepSpeedSharding:
+    """DeepSpeed ZeRO-2 (optimizer state and gradients partitioned) or ZeRO-3 (parameters too) for the policy.
+
+    The engine is built at the first update (`engine`), so a zero-shot evaluation and a warm start before it run on
+    the plain model as without sharding. The engine owns the backward (`backward`, gradients reduced at the last
+    micro-batch of an optimizer step), gradient clipping and the policy's optimizer step (`step`); a critic and
+    ALP's σ keep their own optimizer and the trainer's own gradient average. Generation, evaluation and the
+    critic's values run on gathered parameters under ZeRO-3 (`full_weights`); ZeRO-2 keeps whole parameters."""
+
+    sharded = True
+    kind = "deepspeed"
+
+    def __init__(self, device: torch.device, *, stage: int = 2):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu" if device.type == "cpu" else device.type)
+        try:
+            import deepspeed  # noqa: F401
+        except ModuleNotFoundError as err:
+            raise ValueError(f"DeepSpeed launches need the deepspeed package ({err}): pip install "
+                             "'turnrl[deepspeed]'") from None
+        self.device, self.stage = device, stage
+        self.module: torch.nn.Module | None = None
+        self.engine = None
+        self.units: list = []
+
+    def shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The policy is handed to the engine later (`build`); a frozen reference stays whole."""
+        if self.module is None:
+            self.module = model
+        return model
+
+    def build(self, params: list[torch.nn.Parameter], *, learning_rate: float, weight_decay: float,
+              max_grad_norm: float):
+        """The engine over the policy's trainable parameters (torch's AdamW as its optimizer)."""
+        import deepspeed
+
+        if not dist.is_initialized():
+            deepspeed.init_distributed(dist_backend="gloo" if self.device.type == "cpu" else "nccl")
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+        config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                  "gradient_clipping": max_grad_norm if max_grad_norm > 0 else 0.0,
+                  "zero_optimization": {"stage": self.stage}, "zero_allow_untested_optimizer": True,
+                  "zero_force_ds_cpu_optimizer": False, "steps_per_print": 10 ** 12, "wall_clock_breakdown": False}
+        self.engine, _, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, config=config)
+        return self.engine
+
+    @contextmanager
+    def full_weights(self):
+        if self.engine is None or self.stage < 3:
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.module.parameters())):
+            yield
+
+    def backward(self, loss: torch.Tensor, *, last: bool) -> None:
+        self.engine.set_gradient_accumulation_boundary(last)
+        self.engine.backward(loss)
+
+    def step(self) -> float:
+        """The engine's optimizer step (clipping inside); returns the policy's gradient norm before clipping."""
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else 0.0
+
+    def full_state_dict(self, model: torch.nn.Module) -> dict:
+        """The whole model's state dict on every process; every process must call it."""
+        with self.full_weights():
+            state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+        tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+        return {k: v for k, v in state.items() if k not in tied}
+
+    def save(self, folder) -> None:
+        """The engine's partitioned optimizer state (and DeepSpeed's copy of the weights), one file per process."""
+        self.engine.save_checkpoint(str(folder), tag="state", save_latest=False)
+
+    def load(self, folder) -> None:
+        self.engine.load_checkpoint(str(folder), tag="state", load_module_strict=False, load_optimizer_states=True,
+                                    load_lr_scheduler_states=False)

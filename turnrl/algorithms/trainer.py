@@ -266,22 +266,23 @@ class Trainer:
             self.tracker_env = {k: v for k, v in defaults.items() if k not in os.environ}
             os.environ.update(self.tracker_env)
             tracker = {"log_with": config.report_to, "project_dir": str(trackers_dir)}
-        refuse_sharding()   # before any accelerator or model: DeepSpeed or Megatron would silently train something else
-        fsdp = sharding.requested()
-        if fsdp:
+        refuse_sharding()   # before any accelerator or model: Megatron-LM would silently train something else
+        kind = "fsdp" if sharding.requested() else "deepspeed" if sharding.deepspeed_requested() else "none"
+        if kind != "none":
+            name = {"fsdp": "FSDP", "deepspeed": "DeepSpeed"}[kind]
             try:
-                sharding.launch_settings()
+                settings = sharding.launch_settings() if kind == "fsdp" else sharding.deepspeed_settings()
             except ValueError as err:
                 raise RunError(str(err)) from None
             if config.clip_bias_norm:
-                raise RunError("clip_bias_norm is not supported under FSDP: its extra gradient (autograd.grad) would "
-                               "need the gathered parameters, which FSDP keeps to itself; set clip_bias_norm: false, "
-                               "or train without sharding (configs/accelerate/ddp.yaml)")
-        # turnrl shards with FSDP2 itself (turnrl/algorithms/sharding.py): accelerate's FSDP plugin is kept out, and
-        # without a GPU the processes join over gloo (accelerate would otherwise start each as a run of its own)
-        if fsdp and not torch.cuda.is_available():
+                raise RunError(f"clip_bias_norm is not supported under {name}: its extra gradient (autograd.grad) "
+                               f"would need the gathered parameters, which {name} keeps to itself; set "
+                               "clip_bias_norm: false, or train without sharding (configs/accelerate/ddp.yaml)")
+        # turnrl shards itself (turnrl/algorithms/sharding.py): accelerate's FSDP and DeepSpeed plugins are kept out,
+        # and without a GPU the processes join over gloo (accelerate would otherwise start each as a run of its own)
+        if kind != "none" and not torch.cuda.is_available():
             os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-        with _without_env(sharding.FSDP_SWITCH):
+        with _without_env(sharding.FSDP_SWITCH, sharding.DEEPSPEED_SWITCH):
             self.accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
                                            **tracker)
         launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -289,7 +290,15 @@ class Trainer:
             raise RunError(f"{launched} processes were launched (WORLD_SIZE) but accelerate joined "
                            f"{self.accelerator.num_processes}: each would train a run of its own into the same folder. "
                            "On a CPU set ACCELERATE_USE_CPU=true (or use_cpu: true in the accelerate config)")
-        self.sharding = sharding.make_sharding(self.accelerator.device) if fsdp else sharding.NoSharding()
+        if kind == "fsdp":
+            self.sharding = sharding.FSDPSharding(self.accelerator.device, **settings)
+        elif kind == "deepspeed":
+            try:
+                self.sharding = sharding.DeepSpeedSharding(self.accelerator.device, **settings)
+            except ValueError as err:
+                raise RunError(str(err)) from None
+        else:
+            self.sharding = sharding.NoSharding()
         self.progress = progress and self.accelerator.is_main_process
         torch.manual_seed(config.seed)
         if config.env_module:
@@ -322,9 +331,12 @@ class Trainer:
             model = self.sharding.shard(model.to(self.accelerator.device))
             if self.reference is not None:
                 self.reference = self.sharding.shard(self.reference.to(self.accelerator.device))
-            if self.progress:
+            if self.progress and kind == "fsdp":
                 print(f"FSDP: {len(self.sharding.units)} units sharded over {self.accelerator.num_processes} "
                       "processes", flush=True)
+            if self.progress and kind == "deepspeed":
+                print(f"DeepSpeed: ZeRO-{self.sharding.stage} over {self.accelerator.num_processes} processes (the "
+                      "engine is built at the first update)", flush=True)
         params = [p for p in model.parameters() if p.requires_grad]
         # advantage gae: a turn-level critic (value head on the policy's trunk, or a separate value model)
         self.critic = Critic(config.critic, model) if config.advantage == "gae" else None
@@ -339,7 +351,10 @@ class Trainer:
         if self.critic is not None:
             self.critic.to(self.accelerator.device)
             groups.append({"params": list(self.critic.parameters()), "lr": config.critic_learning_rate})
-        optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+        if kind == "deepspeed":   # the policy's optimizer is the engine's (built at the first update); the rest here
+            groups = groups[1:]
+        optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay) \
+            if groups else None
         if self.sharding.sharded:   # no DDP wrapper: FSDP reduces the policy's gradients in each backward
             self.model, self.optimizer = model, optimizer
         else:
@@ -480,6 +495,36 @@ class Trainer:
         value = torch.tensor([0.0 if flag else 1.0], device=self.accelerator.device)
         return float(self.accelerator.reduce(value, reduction="sum")) == 0.0
 
+    def deepspeed_step(self, iteration: int, limit: float, minibatch_loss: float) -> float:
+        """One optimizer step under DeepSpeed: the engine clips and steps the policy, the trainer's own optimizer the
+        critic and σ. The engine's reduced gradients cannot be dropped, so a NaN or infinite loss or gradient stops
+        the run at once (the last checkpoint intact) instead of skipping the step. Returns the policy's gradient norm."""
+        critic_norm = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), limit)) \
+            if self.critic is not None else 0.0
+        finite = math.isfinite(critic_norm) and math.isfinite(minibatch_loss)
+        grad_norm = self.sharding.step() if self.all_processes(finite) else float("nan")
+        if not math.isfinite(grad_norm):
+            raise NonFiniteError(f"iteration {iteration}: a NaN or infinite loss or gradient under DeepSpeed, whose "
+                                 "engine cannot drop a reduced gradient; the run stops here, its last checkpoint "
+                                 "intact. Lower learning_rate, check rewards")
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        return grad_norm
+
+    @property
+    def forward_model(self):
+        """The model the update's forward runs through: DeepSpeed's engine where there is one."""
+        return getattr(self.sharding, "engine", None) or self.policy.model
+
+    def ensure_engine(self) -> None:
+        """DeepSpeed: build the engine over the policy (once, at the first update or when a checkpoint is loaded)."""
+        if self.sharding.kind == "deepspeed" and self.sharding.engine is None:
+            cfg = self.config
+            self.sharding.build([p for p in self.model.parameters() if p.requires_grad],
+                                learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                max_grad_norm=cfg.max_grad_norm)
+
     def most_over_processes(self, count: int) -> int:
         """The largest `count` over the processes (the same answer everywhere)."""
         if self.accelerator.num_processes == 1:
@@ -605,6 +650,7 @@ class Trainer:
     def update(self, samples: list[Sample], iteration: int) -> dict:
         """Epochs of minibatch PPO updates; returns the update's statistics."""
         cfg, acc = self.config, self.accelerator
+        self.ensure_engine()
         rng = random.Random(f"update-{cfg.seed}-{iteration}")
         stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "ratio_mean": 0.0, "ratio_min": float("inf"),
                  "ratio_max": 0.0, "logprob_max_abs_diff": None}
@@ -657,9 +703,9 @@ class Trainer:
                         # the unwrapped model: gradients are averaged over processes once per step (sync_gradients),
                         # not by DDP's hooks, so processes may run different numbers of micro-batches
                         with self.noise.active(step=iteration * 1_000_003 + epoch * 1_009 + k, micro_batch=index):
-                            new, hidden = token_logprobs(self.policy.model, batch.input_ids, batch.attention_mask,
+                            new, hidden = token_logprobs(self.forward_model, batch.input_ids, batch.attention_mask,
                                                          self.policy.logprob_temperature, return_hidden=True) \
-                                if shared_trunk else (token_logprobs(self.policy.model, batch.input_ids,
+                                if shared_trunk else (token_logprobs(self.forward_model, batch.input_ids,
                                                                      batch.attention_mask,
                                                                      self.policy.logprob_temperature), None)
                         ratio = torch.exp(self.log_ratio(new - batch.behaviour, batch.turn_index, mask))
@@ -692,7 +738,10 @@ class Trainer:
                             kl = kl_k3(new, self.reference_logprobs(batch))
                             loss = loss + cfg.kl_coef * (kl * batch.weights).sum() / minibatch_weight
                             stats["kl"] += float((kl.detach() * mask).sum())
-                        acc.backward(loss)
+                        if self.sharding.kind == "deepspeed":   # gradients reduced at the step's last micro-batch
+                            self.sharding.backward(loss, last=index == len(micro_batches) - 1)
+                        else:
+                            acc.backward(loss)
                         with torch.no_grad():
                             on = mask.bool()
                             fresh = on & (batch.policy_version == iteration - 1)[:, None]
@@ -726,6 +775,11 @@ class Trainer:
                     self.sync_gradients()
                     # policy and critic clipped apart, as verl's actor and critic (max_grad_norm 0: measured only)
                     limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+                    if self.sharding.kind == "deepspeed":
+                        grad_norms.append(self.deepspeed_step(iteration, limit, minibatch_loss))
+                        first_update = False
+                        steps += 1
+                        continue
                     grad_norm = self.sharding.clip_grad_norm([p for p in self.model.parameters() if p.requires_grad],
                                                              limit) if self.sharding.sharded else \
                         float(acc.clip_grad_norm_(self.model.parameters(), limit))
@@ -835,17 +889,21 @@ class Trainer:
             self.load_policy(folder)
             return "cached"
         cloned = model
-        if self.sharding.sharded:   # behaviour cloning (TRL's SFTTrainer) on a whole copy, loaded back into the shards
+        if self.sharding.kind == "deepspeed" and self.sharding.engine is not None:
+            raise RuntimeError("the warm start must run before the DeepSpeed engine is built")
+        if self.sharding.kind == "fsdp":   # behaviour cloning (TRL's SFTTrainer) on a whole copy, loaded back into the shards
             cloned = load_model(cfg.model, dtype=cfg.dtype, lora=cfg.lora, lora_rank=cfg.lora_rank,
                                 lora_alpha=cfg.lora_alpha, progress=False)[0]
             cloned.load_state_dict(self.sharding.full_state_dict(model), strict=False)   # tied weights given once
             cloned.to(self.accelerator.device)
         torch.manual_seed(cfg.seed)
-        behaviour_clone(cloned, self.tokenizer, dataset, output_dir=self.run_dir / "warm_start",
-                        epochs=cfg.warm_start_epochs, learning_rate=cfg.warm_start_learning_rate,
-                        batch_size=cfg.warm_start_batch_size, seed=cfg.seed, progress=self.progress)
+        # TRL's trainer on the whole model, as without sharding (it would read the launch's FSDP or DeepSpeed switches)
+        with _without_env(sharding.FSDP_SWITCH, sharding.DEEPSPEED_SWITCH, "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+            behaviour_clone(cloned, self.tokenizer, dataset, output_dir=self.run_dir / "warm_start",
+                            epochs=cfg.warm_start_epochs, learning_rate=cfg.warm_start_learning_rate,
+                            batch_size=cfg.warm_start_batch_size, seed=cfg.seed, progress=self.progress)
         shutil.rmtree(self.run_dir / "warm_start", ignore_errors=True)
-        if self.sharding.sharded:
+        if self.sharding.kind == "fsdp":
             self.sharding.load_full_state_dict(model, cloned.state_dict())
         if self.accelerator.is_main_process:
             tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -868,8 +926,10 @@ class Trainer:
     def load_policy(self, folder: Path) -> None:
         """Load weights written by `save_policy` (or `save_model`) into the policy, sharded or not."""
         model = self.accelerator.unwrap_model(self.model)
-        if self.sharding.sharded:
+        if self.sharding.kind == "fsdp":
             self.sharding.load_full_state_dict(model, _read_weights(folder))
+        elif self.sharding.kind == "deepspeed" and self.sharding.engine is not None:
+            raise RuntimeError("weights go into a DeepSpeed engine through its checkpoint (load_checkpoint)")
         else:
             _load_weights(model, folder)
 
@@ -881,14 +941,20 @@ class Trainer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         self.save_policy(tmp / "model")
-        if sharded:   # each process writes its shard of the optimizer state
+        kind = self.sharding.kind
+        if kind != "none":   # each process writes its shard of the optimizer state
             acc.wait_for_everyone()
-            torch.save(self.sharding.optimizer_state(self.optimizer), tmp / f"optimizer-rank{acc.process_index}.pt")
+            if kind == "fsdp":
+                torch.save(self.sharding.optimizer_state(self.optimizer),
+                           tmp / f"optimizer-rank{acc.process_index}.pt")
+            else:   # DeepSpeed's own files (partitioned optimizer state and its copy of the weights)
+                self.ensure_engine()
+                self.sharding.save(tmp / "deepspeed")
             acc.wait_for_everyone()
         if not acc.is_main_process:
             return
-        torch.save({"iteration": iteration, "optimizer": None if sharded else self.optimizer.state_dict(),
-                    "optimizer_shards": acc.num_processes if sharded else 0,
+        torch.save({"iteration": iteration, "sharding": kind, "optimizer_shards": acc.num_processes if sharded else 0,
+                    "optimizer": None if kind == "fsdp" or self.optimizer is None else self.optimizer.state_dict(),
                     "critic": None if self.critic is None else self.critic.state_dict(),
                     "noise": None if self.noise is NO_NOISE else self.noise.state_dict(),
                     "replay": self.replay.episodes, "rng": _rng_states()}, tmp / "trainer_state.pt")
@@ -915,17 +981,24 @@ class Trainer:
             return 0
         state = torch.load(latest / "trainer_state.pt", map_location="cpu", weights_only=False)
         shards, world = state.get("optimizer_shards", 0), self.accelerator.num_processes
-        if self.sharding.sharded != bool(shards) or (shards and shards != world):
-            written = f"under FSDP by {shards} processes" if shards else "without sharding"
-            now = f"under FSDP by {world} processes" if self.sharding.sharded else "without sharding"
+        written_kind = state.get("sharding", "fsdp" if shards else "none")
+        kind = self.sharding.kind
+        if written_kind != kind or (shards and shards != world):
+            names = {"none": "without sharding", "fsdp": "under FSDP", "deepspeed": "under DeepSpeed"}
+            written = names[written_kind] + (f" by {shards} processes" if shards else "")
+            now = names[kind] + (f" by {world} processes" if kind != "none" else "")
             raise RunError(f"checkpoint {latest} was written {written} and this run is {now}: its optimizer state "
                            "cannot be dealt out differently; resume with the launch that wrote it")
-        self.load_policy(latest / "model")
-        if shards:
+        if kind == "deepspeed":   # the engine restores the weights and its partitioned optimizer state
+            self.ensure_engine()
+            self.sharding.load(latest / "deepspeed")
+        else:
+            self.load_policy(latest / "model")
+        if kind == "fsdp":
             self.sharding.load_optimizer_state(self.optimizer, torch.load(
                 latest / f"optimizer-rank{self.accelerator.process_index}.pt", map_location="cpu",
                 weights_only=False))
-        else:
+        elif state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.critic is not None:
             if state.get("critic") is None:
@@ -1010,33 +1083,31 @@ def _set_rng_states(states: dict) -> None:
 FAILURE_CAUSES = ("reset", "step", "malformed", "timeout")   # why an environment failed an episode
 
 
-SHARDING_SWITCHES = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
-                     "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}   # what `accelerate launch` sets for these configs
+SHARDING_SWITCHES = {"ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}   # what `accelerate launch` sets for this config
 
 
 def refuse_sharding() -> None:
-    """Refuse a DeepSpeed or Megatron-LM launch. The trainer shards with FSDP2 itself (`sharding.py`); DeepSpeed's
-    engine would own the model, its backward and the optimizer step, which the trainer drives itself, and on a CPU
-    accelerate would fall back to plain data parallelism without a word."""
+    """Refuse a Megatron-LM launch (tensor and pipeline parallelism, which the trainer's rollouts and updates do not
+    split). FSDP and DeepSpeed ZeRO are handled by `sharding.py`."""
     for switch, name in SHARDING_SWITCHES.items():
         if os.environ.get(switch, "").strip().lower() in sharding.TRUE:
             raise RunError(f"{name} is not supported by turnrl's trainer ({switch} is set by the accelerate config). "
-                           "Launch with a data-parallel config (configs/accelerate/ddp.yaml) or shard with FSDP "
-                           "(configs/accelerate/fsdp.yaml); docs/guides/scale-to-several-gpus.md compares them")
+                           "Launch with a data-parallel config (configs/accelerate/ddp.yaml) or shard with FSDP or "
+                           "DeepSpeed ZeRO (configs/accelerate/fsdp.yaml, deepspeed_zero2.yaml, deepspeed_zero3.yaml); "
+                           "docs/guides/scale-to-several-gpus.md compares them")
 
 
 class _without_env:
-    """Hide an environment variable for the length of a block (restored after it)."""
+    """Hide environment variables for the length of a block (restored after it)."""
 
-    def __init__(self, name: str):
-        self.name, self.value = name, None
+    def __init__(self, *names: str):
+        self.names, self.values = names, {}
 
     def __enter__(self):
-        self.value = os.environ.pop(self.name, None)
+        self.values = {name: os.environ.pop(name) for name in self.names if name in os.environ}
 
     def __exit__(self, *exc):
-        if self.value is not None:
-            os.environ[self.name] = self.value
+        os.environ.update(self.values)
 
 
 class RunError(RuntimeError):
