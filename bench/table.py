@@ -4,7 +4,8 @@ from that same warm start at an equal rollout budget, on CPU.
 
 Every cell is one `turnrl train` run (CELL_CONFIGS: the config per environment; the algorithm, seed and output
 folder on the command line). The first algorithm of a seed evaluates all three phases (zero-shot, warm start,
-after RL); the others start from the cached warm start and evaluate after RL only (`--eval_phases [after_rl]`).
+after RL) unless a cell of that seed in docs/runs has them; the others start from the cached warm start and
+evaluate after RL only (`--eval_phases [after_rl]`). A cell already in docs/runs is not run again.
 Run folders go to runs/table/ENV/ALGO-sSEED; their small files (config.yaml, metrics.jsonl, eval.json) are copied
 to docs/runs/ENV/ALGO-sSEED, which the table is regenerated from.
 
@@ -64,10 +65,15 @@ def run_cells(env: str, algorithms: list[str], seeds: list[int], runs: Path, doc
     for seed in seeds:
         for i, algorithm in enumerate(algorithms):
             name = run_name(algorithm, seed)
-            command = cell_command(env, algorithm, seed, first=i == 0)
+            # The seed's zero-shot and warm-start numbers come once: from its first cell, unless a cell copied to docs
+            # has them already (the printed commands are the full set's)
+            first = i == 0 and (dry or not _recorded(docs / env, seed, "warm_start"))
+            command = cell_command(env, algorithm, seed, first=first)
             if dry:
                 print(" ".join(c if " " not in c and "[" not in c else f"'{c}'" for c in command))
                 continue
+            if _recorded(docs / env, seed, "after_rl", name):
+                continue   # copied to docs by an earlier session: its run folder may be gone
             out = runs / env / name
             done = (out / "eval.json").exists() and "after_rl" in json.loads((out / "eval.json").read_text())
             if not done:
@@ -75,6 +81,16 @@ def run_cells(env: str, algorithms: list[str], seeds: list[int], runs: Path, doc
                 resume = ["--resume"] if (out / "metrics.jsonl").exists() else []
                 subprocess.run(command + resume, check=True, cwd=ROOT)
             copy_run(out, docs / env / name)
+
+
+def _recorded(docs_env: Path, seed: int, phase: str, name: str | None = None) -> bool:
+    """Whether a run folder under docs/runs/ENV (of this seed, or the named one) has this phase's evaluation."""
+    folders = [docs_env / name] if name else sorted(docs_env.glob(f"*-s{seed}"))
+    for folder in folders:
+        evals = folder / "eval.json"
+        if evals.exists() and any(key.partition("@")[0] == phase for key in json.loads(evals.read_text())):
+            return True
+    return False
 
 
 def copy_run(src: Path, dst: Path) -> None:

@@ -50,3 +50,29 @@ def test_cell_commands_evaluate_every_phase_once_per_seed():
     assert first[:4] == ["turnrl", "train", "--config", "configs/table_webshop.yaml"]
     assert "--eval_phases" not in first and later[-2:] == ["--eval_phases", "[after_rl]"]
     assert later[later.index("--output_dir") + 1] == "runs/table/webshop/gigpo-s0"
+
+
+def test_running_cells_skips_what_docs_holds_and_evaluates_the_seed_once(tmp_path, monkeypatch):
+    """A cell copied to docs/runs is not run again (its run folder may be gone on a fresh machine); a seed whose
+    zero-shot and warm-start numbers are in docs starts its first missing cell with after-RL evaluation only."""
+    runs, docs, ran = tmp_path / "runs", tmp_path / "docs", []
+    (docs / "alfworld" / "grpo-s0").mkdir(parents=True)
+    (docs / "alfworld" / "grpo-s0" / "eval.json").write_text(json.dumps(
+        {phase: {"split": "valid_seen", "success_rate": 0.0, "episodes": 20}
+         for phase in ("zero_shot", "warm_start", "after_rl")}))
+
+    def fake_run(command, check, cwd):   # what `turnrl train` leaves: the run's evaluation
+        ran.append(command)
+        out = runs / "alfworld" / command[command.index("--output_dir") + 1].rsplit("/", 1)[1]
+        out.mkdir(parents=True)
+        phases = ["after_rl"] if "--eval_phases" in command else ["zero_shot", "warm_start", "after_rl"]
+        (out / "eval.json").write_text(json.dumps({p: {"split": "valid_seen", "success_rate": 0.1, "episodes": 20}
+                                                   for p in phases}))
+
+    monkeypatch.setattr(table_module.subprocess, "run", fake_run)
+    table_module.run_cells("alfworld", ["grpo", "gigpo"], [0, 1], runs, docs, dry=False)
+    names = [c[c.index("--output_dir") + 1].rsplit("/", 1)[1] for c in ran]
+    assert names == ["gigpo-s0", "grpo-s1", "gigpo-s1"]
+    assert ran[0][-2:] == ["--eval_phases", "[after_rl]"]        # seed 0's phases are in docs already
+    assert "--eval_phases" not in ran[1] and ran[2][-2:] == ["--eval_phases", "[after_rl]"]
+    assert sorted(p.name for p in (docs / "alfworld").iterdir()) == ["gigpo-s0", "gigpo-s1", "grpo-s0", "grpo-s1"]
