@@ -94,10 +94,15 @@ def _recorded(docs_env: Path, seed: int, phase: str, name: str | None = None) ->
 
 
 def copy_run(src: Path, dst: Path) -> None:
+    """Copy a run's small files; phases already in dst's eval.json that the run did not evaluate are kept (a cell
+    whose earlier phases were recorded by an earlier run of the same command, with `--eval_phases [after_rl]`)."""
     dst.mkdir(parents=True, exist_ok=True)
+    kept = json.loads((dst / "eval.json").read_text()) if (dst / "eval.json").exists() else {}
     for name in KEPT_FILES:
         if (src / name).exists():
             shutil.copyfile(src / name, dst / name)
+    if kept and (src / "eval.json").exists():
+        (dst / "eval.json").write_text(json.dumps({**kept, **json.loads((src / "eval.json").read_text())}, indent=2))
 
 
 def read_cells(docs: Path) -> dict:

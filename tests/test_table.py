@@ -76,3 +76,16 @@ def test_running_cells_skips_what_docs_holds_and_evaluates_the_seed_once(tmp_pat
     assert ran[0][-2:] == ["--eval_phases", "[after_rl]"]        # seed 0's phases are in docs already
     assert "--eval_phases" not in ran[1] and ran[2][-2:] == ["--eval_phases", "[after_rl]"]
     assert sorted(p.name for p in (docs / "alfworld").iterdir()) == ["gigpo-s0", "gigpo-s1", "grpo-s0", "grpo-s1"]
+
+
+def test_copying_a_run_keeps_the_phases_it_did_not_evaluate(tmp_path):
+    src, dst = tmp_path / "run", tmp_path / "docs" / "grpo-s0"
+    src.mkdir()
+    dst.mkdir(parents=True)
+    (dst / "eval.json").write_text(json.dumps({"zero_shot": {"success_rate": 0.0}, "after_rl": {"success_rate": 0.1}}))
+    (src / "eval.json").write_text(json.dumps({"after_rl": {"success_rate": 0.2}}))
+    (src / "metrics.jsonl").write_text('{"iteration": 1}\n')
+    table_module.copy_run(src, dst)
+    assert json.loads((dst / "eval.json").read_text()) == {"zero_shot": {"success_rate": 0.0},
+                                                           "after_rl": {"success_rate": 0.2}}
+    assert (dst / "metrics.jsonl").read_text() == '{"iteration": 1}\n'
