@@ -75,8 +75,7 @@ def run_cells(env: str, algorithms: list[str], seeds: list[int], runs: Path, doc
             if _recorded(docs / env, seed, "after_rl", name):
                 continue   # copied to docs by an earlier session: its run folder may be gone
             out = runs / env / name
-            done = (out / "eval.json").exists() and "after_rl" in json.loads((out / "eval.json").read_text())
-            if not done:
+            if not _recorded(runs / env, seed, "after_rl", name):
                 print("running:", " ".join(command), flush=True)
                 resume = ["--resume"] if (out / "metrics.jsonl").exists() else []
                 subprocess.run(command + resume, check=True, cwd=ROOT)
@@ -84,7 +83,8 @@ def run_cells(env: str, algorithms: list[str], seeds: list[int], runs: Path, doc
 
 
 def _recorded(docs_env: Path, seed: int, phase: str, name: str | None = None) -> bool:
-    """Whether a run folder under docs/runs/ENV (of this seed, or the named one) has this phase's evaluation."""
+    """Whether a run folder under docs/runs/ENV or runs/table/ENV (of this seed, or the named one) has this phase's
+    evaluation."""
     folders = [docs_env / name] if name else sorted(docs_env.glob(f"*-s{seed}"))
     for folder in folders:
         evals = folder / "eval.json"

@@ -497,9 +497,8 @@ def _close_process_group(ended_well: bool) -> None:
     """Under several processes, wait for the others and take the process group down before the interpreter does:
     gloo's worker threads outliving the interpreter abort the process at exit (SIGABRT, "terminate called without an
     active exception"), seen in CI on a run that had finished and written everything."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")   # not imported: no process group, and no torch import at exit
+    if dist is not None and dist.is_available() and dist.is_initialized():
         if ended_well:   # after an error the others may never come to the barrier
             dist.barrier()
         dist.destroy_process_group()
