@@ -82,10 +82,10 @@ def run_cells(env: str, algorithms: list[str], seeds: list[int], runs: Path, doc
             copy_run(out, docs / env / name)
 
 
-def _recorded(docs_env: Path, seed: int, phase: str, name: str | None = None) -> bool:
+def _recorded(env_dir: Path, seed: int, phase: str, name: str | None = None) -> bool:
     """Whether a run folder under docs/runs/ENV or runs/table/ENV (of this seed, or the named one) has this phase's
     evaluation."""
-    folders = [docs_env / name] if name else sorted(docs_env.glob(f"*-s{seed}"))
+    folders = [env_dir / name] if name else sorted(env_dir.glob(f"*-s{seed}"))
     for folder in folders:
         evals = folder / "eval.json"
         if evals.exists() and any(key.partition("@")[0] == phase for key in json.loads(evals.read_text())):
