@@ -15,7 +15,8 @@ to docs/runs/ENV/ALGO-sSEED, which the table is regenerated from.
     python bench/table.py --write                  # also put the table into docs/results.md (between its markers)
     python bench/table.py --commands searchqa      # print the commands of the cells without running them
 
-The last line printed is {"cells": {ENV: {SPLIT: {COLUMN: {"mean": ..., "seeds": [...]}}}}, "missing": [...]}.
+The last line printed is {"cells": {ENV: {SPLIT: {COLUMN: {"mean": ..., "seeds": [...], "score": ...}}}},
+"missing": [...]} (mean success; "score", the mean score, where every seed's evaluation has one).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ CELL_CONFIGS = {"searchqa": "configs/quickstart.yaml", "webshop": "configs/table
 ALGORITHMS = ("grpo", "gigpo", "hgpo", "st-ppo", "alp")
 NAMES = {"grpo": "GRPO", "gigpo": "GiGPO", "hgpo": "HGPO", "st-ppo": "ST-PPO", "alp": "ALP"}
 SPLITS = {"searchqa": ("test",), "webshop": ("test",), "alfworld": ("valid_seen", "valid_unseen")}
+# Where the table also gives the mean score (0-1) beside success: WebShop's partial reward, the number its papers
+# report with success.
+SCORED = ("webshop",)
 KEPT_FILES = ("config.yaml", "metrics.jsonl", "eval.json")
 MARKERS = ("<!-- results-table: start (bench/table.py --write) -->", "<!-- results-table: end -->")
 
@@ -41,8 +45,8 @@ MARKERS = ("<!-- results-table: start (bench/table.py --write) -->", "<!-- resul
 # GPUs) and other data (the full WebShop and ALFWorld sets, Wikipedia QA for search). Success %, from the
 # GiGPO paper's Table 1 and the HGPO paper's Table 1 (../shared research notes, hgpo_verl_agent.md §4).
 PUBLISHED = {
-    ("webshop", "test"): "Qwen2.5-1.5B: base 5.2, GRPO 56.8, GiGPO 67.4 (GiGPO paper); HGPO 78.1 vs GiGPO 73.2 (K=4, "
-                         "HGPO paper)",
+    ("webshop", "test"): "Qwen2.5-1.5B, success (score, of 100): base 5.2 (23.1), GRPO 56.8 (75.8), GiGPO 67.4 "
+                         "(83.5) (GiGPO paper); HGPO 78.1 vs GiGPO 73.2 (K=4, HGPO paper)",
     ("alfworld", "valid_seen"): "Qwen2.5-1.5B: base 4.1 (all), GRPO 72.8, GiGPO 90.2, HGPO 92.8 (K=2, HGPO paper)",
     ("alfworld", "valid_unseen"): "Qwen2.5-1.5B: GRPO 70.1, GiGPO 84.8, HGPO 90.2 (K=2, HGPO paper)",
     ("searchqa", "test"): "Wikipedia QA, not this knowledge base: Qwen2.5-3B Search-R1 32.5, GiGPO 42.1 (EM, mean of "
@@ -106,8 +110,8 @@ def copy_run(src: Path, dst: Path) -> None:
 
 
 def read_cells(docs: Path) -> dict:
-    """{env: {split: {column: [(seed, success), ...]}}} from the run folders under docs (columns: zero-shot,
-    SFT, and one per algorithm)."""
+    """{env: {split: {column: [(seed, success, episodes, mean score), ...]}}} from the run folders under docs
+    (columns: zero-shot, SFT, and one per algorithm)."""
     cells: dict = {}
     for env in CELL_CONFIGS:
         for folder in sorted((docs / env).glob("*-s*")):
@@ -123,7 +127,7 @@ def read_cells(docs: Path) -> dict:
                 if column is None:
                     continue
                 cells.setdefault(env, {}).setdefault(split, {}).setdefault(column, []).append(
-                    (int(seed), summary["success_rate"], summary["episodes"]))
+                    (int(seed), summary["success_rate"], summary["episodes"], summary.get("mean_score")))
     return cells
 
 
@@ -135,7 +139,7 @@ def table(cells: dict) -> str:
     for env, splits in SPLITS.items():
         for split in splits:
             row = cells.get(env, {}).get(split, {})
-            tasks = sorted({n for values in row.values() for _, _, n in values})
+            tasks = sorted({n for values in row.values() for _, _, n, _ in values})
             label = f"{env} ({split}, {'/'.join(map(str, tasks)) or '-'})"
             values = []
             for column in columns:
@@ -143,8 +147,10 @@ def table(cells: dict) -> str:
                 if not got:
                     values.append("not run")
                     continue
-                mean = statistics.fmean(s for _, s, _ in got)
-                values.append(f"{mean:.2f}" + (f" ({len(got)} seeds)" if len(got) > 1 else ""))
+                text = f"{statistics.fmean(s for _, s, _, _ in got):.2f}"
+                if env in SCORED and all(score is not None for *_, score in got):
+                    text += f" (score {statistics.fmean(score for *_, score in got):.2f})"
+                values.append(text + (f" ({len(got)} seeds)" if len(got) > 1 else ""))
             lines.append("| " + " | ".join([label, *values, PUBLISHED[(env, split)]]) + " |")
     return "\n".join(lines)
 
@@ -186,15 +192,20 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     if args.write:
         write_into(Path(args.results), text)
-    summary = {"cells": {env: {split: {column: {"mean": statistics.fmean(s for _, s, _ in values),
-                                                "seeds": sorted(seed for seed, _, _ in values)}
-                                       for column, values in row.items()}
+    summary = {"cells": {env: {split: {column: _summary(values) for column, values in row.items()}
                                for split, row in splits.items()} for env, splits in cells.items()},
                "missing": [f"{env}/{split}/{column}" for env, splits in SPLITS.items() for split in splits
                            for column in ("zero-shot", "SFT", *ALGORITHMS)
                            if column not in cells.get(env, {}).get(split, {})]}
     print(json.dumps(summary))
     return summary
+
+
+def _summary(values: list) -> dict:
+    """One cell of the JSON line: mean success, its seeds, and the mean score where every seed has one."""
+    scores = [score for *_, score in values]
+    out = {"mean": statistics.fmean(s for _, s, _, _ in values), "seeds": sorted(seed for seed, *_ in values)}
+    return out | ({"score": statistics.fmean(scores)} if None not in scores else {})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("bench_table", ROOT / "bench" / "table.py")
 table_module = importlib.util.module_from_spec(spec)
@@ -20,8 +22,8 @@ def test_the_results_table_regenerates_from_its_run_folders():
 
 
 def test_cells_come_from_each_phase_and_split(tmp_path):
-    def summary(split, success, episodes=20):
-        return {"split": split, "success_rate": success, "episodes": episodes}
+    def summary(split, success, episodes=20, score=None):
+        return {"split": split, "success_rate": success, "episodes": episodes, "mean_score": score}
 
     first = tmp_path / "alfworld" / "grpo-s0"
     first.mkdir(parents=True)
@@ -36,12 +38,25 @@ def test_cells_come_from_each_phase_and_split(tmp_path):
                                                      "after_rl@valid_unseen": summary("valid_unseen", 0.1)}))
     cells = table_module.read_cells(tmp_path)
     seen, unseen = cells["alfworld"]["valid_seen"], cells["alfworld"]["valid_unseen"]
-    assert seen["zero-shot"] == [(0, 0.0, 20)] and unseen["SFT"] == [(0, 0.25, 20)]
-    assert sorted(seen["st-ppo"]) == [(0, 0.4, 20), (1, 0.5, 20)]
+    assert seen["zero-shot"] == [(0, 0.0, 20, None)] and unseen["SFT"] == [(0, 0.25, 20, None)]
+    assert sorted(seen["st-ppo"]) == [(0, 0.4, 20, None), (1, 0.5, 20, None)]
     text = table_module.table(cells)
     row = next(line for line in text.splitlines() if line.startswith("| alfworld (valid_seen"))
     assert "| 0.00 | 0.30 | 0.35 | not run | not run | 0.45 (2 seeds) | not run |" in row
     assert "searchqa (test, -) | not run" in text
+
+
+def test_webshop_cells_give_the_mean_score_beside_success(tmp_path):
+    for seed, score in ((0, 0.2), (1, 0.4)):
+        folder = tmp_path / "webshop" / f"grpo-s{seed}"
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"after_rl": {
+            "split": "test", "success_rate": 0.05 * seed, "episodes": 20, "mean_score": score}}))
+    row = next(line for line in table_module.table(table_module.read_cells(tmp_path)).splitlines()
+               if line.startswith("| webshop"))
+    assert "| not run | not run | 0.03 (score 0.30) (2 seeds) | not run |" in row
+    cell = table_module.main(["--docs", str(tmp_path)])["cells"]["webshop"]["test"]["grpo"]
+    assert cell["seeds"] == [0, 1] and cell["mean"] == pytest.approx(0.025) and cell["score"] == pytest.approx(0.3)
 
 
 def test_cell_commands_evaluate_every_phase_once_per_seed():
