@@ -44,17 +44,29 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def nudged_tiny(tmp_path_factory):
-    """A saved copy of `tiny` trained for a few dozen steps on the ends of expert `lights` turns, so that it often
-    writes a valid action: episodes differ in return and updates have a gradient (shared by the invariant tests)."""
+def _nudged(tmp_path_factory, dtype: str):
     from turnrl.agents.models import load_model, save_model
     from turnrl.algorithms.sft import expert_demonstrations
 
-    model, tokenizer = load_model("tiny")
+    model, tokenizer = load_model("tiny", dtype=dtype)
     demos = (expert_demonstrations(tokenizer, "lights", list(range(8)), env_kwargs={"n_lamps": 1}, context="window:0")
              + expert_demonstrations(tokenizer, "lights", list(range(8)), context="window:0"))
     _train_on_turn_ends(model, tokenizer, demos)
-    folder = tmp_path_factory.mktemp("nudged_tiny") / "model"
+    folder = tmp_path_factory.mktemp(f"nudged_tiny_{dtype}") / "model"
     save_model(model, tokenizer, folder, "tiny")
     return folder
+
+
+@pytest.fixture(scope="session")
+def nudged_tiny(tmp_path_factory):
+    """A saved copy of `tiny` trained for a few dozen steps on the ends of expert `lights` turns, so that it often
+    writes a valid action: episodes differ in return and updates have a gradient."""
+    return _nudged(tmp_path_factory, "float32")
+
+
+@pytest.fixture(scope="session")
+def nudged_tiny64(tmp_path_factory):
+    """`nudged_tiny` made and saved in float64, for the invariant tests: in float32 the last bits of a matmul
+    depend on the CPU's kernels (AVX2 or AVX-512, Intel or AMD), and a few dozen AdamW steps then a sampled
+    token turn that into different numbers; in float64 the differences stay far below what they pin."""
+    return _nudged(tmp_path_factory, "float64")

@@ -92,7 +92,7 @@ def test_unknown_key_names_the_valid_keys(tmp_path):
     ("key", "value", "choices"),
     [
         ("algorithm", "trpo", ALGORITHMS),
-        ("dtype", "float64", DTYPES),
+        ("dtype", "int8", DTYPES),
         ("advantage_norm", "std", ("mean_std", "mean")),
         ("loss_aggregation", "sum", ("episode", "token")),
     ],

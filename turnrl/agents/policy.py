@@ -39,6 +39,11 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """`x` in float32, or kept in float64 (a float64 model, as the invariant tests run, stays float64 end to end)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    temperature: float = 1.0, return_hidden: bool = False):
     """Log-prob of each token given its prefix: result[:, i] scores input_ids[:, i + 1]. Shape [B, L-1].
@@ -47,7 +52,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
         use_cache=False, output_hidden_states=return_hidden,
     )
-    logits = out.logits[:, :-1].float()
+    logits = at_least_float32(out.logits[:, :-1])
     if temperature != 1.0:
         logits = logits / temperature
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
@@ -248,7 +253,7 @@ class Policy:
                                  use_cache=True, **({cache_kwarg: past} if past is not None else {}))
                 past = getattr(out, "cache", None) or out.past_key_values
                 logits = out.logits[:, -1]
-            next_tokens, next_logprobs = self._sample(logits.float(), generator)
+            next_tokens, next_logprobs = self._sample(at_least_float32(logits), generator)
             step_tokens, step_logprobs = next_tokens.tolist(), next_logprobs.tolist()   # one conversion per step
             for row in range(batch):
                 if finished[row]:

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from turnrl.agents.policy import at_least_float32
 from turnrl.algorithms.objectives import sequence_log_ratio
 
 ALP_DEFAULTS = {
@@ -93,7 +94,7 @@ class _AddSeededNoise(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             (sigma,) = ctx.saved_tensors
             eps = standard_normal(ctx.seed, ctx.shape, ctx.device, ctx.dtype)
-            grad_log_sigma = sigma * torch.sum(grad_out.float() * eps.float()).to(sigma.dtype)
+            grad_log_sigma = sigma * torch.sum(at_least_float32(grad_out) * at_least_float32(eps)).to(sigma.dtype)
         return (grad_out if ctx.needs_input_grad[0] else None), grad_log_sigma, None
 
 

@@ -43,7 +43,7 @@ CRITIC_DEFAULTS = {   # Search-R1's PPO defaults (research notes §1.5, marked t
     "critic": "head", "gae_lambda": 1.0, "vf_coef": 0.1, "value_clip": 0.2}
 STEP_ADVANTAGES = ("gigpo", "hgpo")       # step-level estimators: discounted step returns, window memory
 DEFAULT_HISTORY = 2                       # verl-agent's history_length for GiGPO and HGPO
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "float64")   # float64: exact references on CPU (tests)
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "mlflow")
 EVAL_PHASES = ("zero_shot", "warm_start", "after_rl")   # the held-out evaluations of a run, in order
 

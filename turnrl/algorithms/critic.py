@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from turnrl.agents.policy import at_least_float32
 from turnrl.algorithms.advantages import turn_gae
 
 
@@ -90,7 +91,8 @@ class Critic(nn.Module):
             # The backbone without the LM head (with LoRA, the adapted backbone as it is now), all of it trained.
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
             self.trunk = copy.deepcopy(base.base_model).requires_grad_(True)
-        self.head.to(next(policy.parameters()).device, dtype=torch.float32)
+        weight = next(policy.parameters())
+        self.head.to(weight.device, dtype=torch.float64 if weight.dtype == torch.float64 else torch.float32)
 
     @property
     def needs_policy_hidden(self) -> bool:
@@ -103,4 +105,4 @@ class Critic(nn.Module):
         else:
             hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 use_cache=False).last_hidden_state
-        return self.head(hidden[:, :-1].float()).squeeze(-1)
+        return self.head(at_least_float32(hidden[:, :-1])).squeeze(-1)
