@@ -11,7 +11,7 @@ from turnrl.agents.policy import pad_right, token_logprobs
 from turnrl.episode import episode_samples
 
 
-def _train_on_turn_ends(model, tokenizer, demos, steps: int = 40, lr: float = 1e-2):
+def _train_on_turn_ends(model, tokenizer, demos, steps: int = 40, lr: float = 3e-3):
     """Train `model` in place for a few steps on the last 40 tokens of expert turns (agent tokens only),
     so that it often writes `<action>…</action>`: episodes then differ in length and return."""
     pieces = [(s.token_ids[-40:], s.loss_mask[-40:]) for i, e in enumerate(demos)
