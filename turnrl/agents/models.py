@@ -286,7 +286,7 @@ def _init_portably(model, pad_token_id: int | None, std: float = 0.02, seed: int
     from float64 to the parameter's dtype: the same bits on every CPU. The padding token's embedding row is 0."""
     rng = random.Random(seed)
     with torch.no_grad():
-        for _, param in model.named_parameters():   # tied embeddings appear once
+        for param in model.parameters():   # tied embeddings appear once
             if param.dim() == 1:
                 param.fill_(1.0)
                 continue

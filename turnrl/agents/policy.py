@@ -39,9 +39,15 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype that log-probs, values and σ gradients are computed in for a model of `dtype`: float32, or float64
+    for a float64 model (as the invariant tests run, so that it stays float64 end to end)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """`x` in float32, or kept in float64 (a float64 model, as the invariant tests run, stays float64 end to end)."""
-    return x if x.dtype == torch.float64 else x.float()
+    """`x` in `compute_dtype(x.dtype)` (`x` itself when it already is)."""
+    return x.to(compute_dtype(x.dtype))
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,

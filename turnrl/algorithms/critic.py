@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from turnrl.agents.policy import at_least_float32
+from turnrl.agents.policy import at_least_float32, compute_dtype
 from turnrl.algorithms.advantages import turn_gae
 
 
@@ -92,7 +92,7 @@ class Critic(nn.Module):
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
             self.trunk = copy.deepcopy(base.base_model).requires_grad_(True)
         weight = next(policy.parameters())
-        self.head.to(weight.device, dtype=torch.float64 if weight.dtype == torch.float64 else torch.float32)
+        self.head.to(weight.device, dtype=compute_dtype(weight.dtype))
 
     @property
     def needs_policy_hidden(self) -> bool:
